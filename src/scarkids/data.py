@@ -1,0 +1,225 @@
+"""AnnData registration, input checks and device-resident data.
+
+The registry records where the counts, batches and labels are and the order of every
+category, so that any later AnnData (validation, test, a later session, a query) is encoded
+with the same indices, matched by name, never re-derived per file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from .errors import CheckpointError, InputDataError
+
+#: adata.uns key written by :func:`setup_anndata`
+SETUP_KEY = "_scarkids_setup"
+#: fraction of the model's genes a new AnnData must have for name alignment
+MIN_GENE_OVERLAP = 0.5
+#: counts deviating from integers by more than this are "not counts"
+INTEGER_TOLERANCE = 1e-3
+
+
+@dataclass
+class Registry:
+    """Where the model's inputs live in an AnnData and what each index means."""
+
+    batch_key: str
+    labels_key: str | None
+    layer: str | None
+    unlabeled_category: str
+    gene_names: list[str]
+    batch_categories: list[str]
+    label_categories: list[str]
+    #: True when ``label_categories`` are unnamed clusters (unsupervised from scratch)
+    labels_are_clusters: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Registry:
+        return cls(**d)
+
+
+def describe(adata, source: str | None) -> str:
+    """The name used in error messages: the file path when known."""
+    return source or "AnnData"
+
+
+def get_counts(adata, layer: str | None, *, source: str | None = None) -> sp.csr_matrix:
+    """Return the count matrix as float32 CSR, after checking it holds raw counts.
+
+    Raises :class:`InputDataError` for a missing layer, an empty matrix, NaN/inf, negative or
+    non-integer values (log-normalised data is recognised and named as such).
+    """
+    where = describe(adata, source)
+    if layer is not None:
+        if layer not in adata.layers:
+            raise InputDataError(
+                f"{where}: layer {layer!r} not found (layers: {sorted(adata.layers)}); "
+                "set data.counts_layer to the layer holding raw counts, or null to use X"
+            )
+        X = adata.layers[layer]
+        what = f"layers[{layer!r}]"
+    else:
+        X = adata.X
+        what = "X"
+    if X is None or adata.n_obs == 0 or adata.n_vars == 0:
+        raise InputDataError(
+            f"{where}: {what} is empty ({adata.n_obs} cells x {adata.n_vars} genes)"
+        )
+    if not sp.issparse(X):
+        X = sp.csr_matrix(np.asarray(X))
+    X = sp.csr_matrix(X, dtype=np.float32)
+    data = X.data
+    if data.size:
+        if not np.isfinite(data).all():
+            raise InputDataError(
+                f"{where}: {what} contains NaN or inf values; scARKIDS needs raw counts"
+            )
+        if data.min() < 0:
+            raise InputDataError(
+                f"{where}: {what} has negative values (min {data.min():.3g}); it looks scaled or "
+                "normalised, give raw counts (set data.counts_layer if they are in a layer)"
+            )
+        frac = np.abs(data - np.round(data))
+        if frac.max() > INTEGER_TOLERANCE:
+            hint = "it looks log-normalised" if data.max() < 20 else "values are not integers"
+            raise InputDataError(
+                f"{where}: {what} does not hold raw counts ({hint}, e.g. {data[frac.argmax()]:.4g}); "
+                "give integer counts (set data.counts_layer if they are in a layer, or round them)"
+            )
+    return X
+
+
+def category_codes(
+    values: pd.Series,
+    categories: list[str],
+    *,
+    column: str,
+    source: str | None,
+    unknown: str = "error",
+    unlabeled_category: str | None = None,
+) -> np.ndarray:
+    """Map an obs column to indices of ``categories`` by name (int64, -1 for unlabelled).
+
+    ``unknown="error"`` raises for names not in ``categories``; ``"unlabelled"`` maps them
+    (and NaN, and ``unlabeled_category``) to -1.
+    """
+    as_str = values.astype(object)
+    missing = as_str.isna().to_numpy()
+    names = as_str.where(~missing, "").astype(str).to_numpy()
+    lookup = {name: i for i, name in enumerate(categories)}
+    codes = np.fromiter((lookup.get(n, -1) for n in names), dtype=np.int64, count=len(names))
+    if unlabeled_category is not None:
+        missing |= names == unlabeled_category
+    codes[missing] = -1
+    if unknown == "error":
+        if missing.any():
+            raise InputDataError(
+                f"{describe(None, source)}: obs[{column!r}] has {int(missing.sum())} missing (NaN) "
+                "values; fill them or drop those cells"
+            )
+        bad = sorted(set(names[codes < 0]))
+        if bad:
+            raise InputDataError(
+                f"{describe(None, source)}: obs[{column!r}] has categories unknown to the model: "
+                f"{', '.join(map(repr, bad[:5]))}{' ...' if len(bad) > 5 else ''}; "
+                f"known: {', '.join(map(repr, categories[:10]))}"
+            )
+    return codes
+
+
+def obs_column(adata, key: str, *, source: str | None, what: str) -> pd.Series:
+    if key not in adata.obs.columns:
+        raise InputDataError(
+            f"{describe(adata, source)}: obs column {key!r} ({what}) not found; "
+            f"available: {', '.join(map(repr, list(adata.obs.columns)[:12]))}"
+        )
+    return adata.obs[key]
+
+
+def sorted_categories(series: pd.Series, exclude: str | None = None) -> list[str]:
+    """Category names in their categorical order (or sorted), NaN and ``exclude`` removed."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        cats = [str(c) for c in series.cat.categories if (series == c).any()]
+    else:
+        cats = sorted({str(v) for v in series.dropna().unique()})
+    return [c for c in cats if c != exclude]
+
+
+def align_genes(adata, gene_names: list[str], *, source: str | None = None) -> np.ndarray:
+    """Column index into ``adata`` for each model gene (-1 where absent).
+
+    Raises :class:`CheckpointError` when fewer than ``MIN_GENE_OVERLAP`` of the genes match.
+    """
+    pos = pd.Index(adata.var_names.astype(str)).get_indexer(gene_names)
+    overlap = float((pos >= 0).mean())
+    if overlap < MIN_GENE_OVERLAP:
+        raise CheckpointError(
+            f"{describe(adata, source)}: only {int((pos >= 0).sum())} of the model's "
+            f"{len(gene_names)} genes are in var_names ({overlap:.0%}); the data and the "
+            "checkpoint use different gene sets (check gene identifiers: symbols vs Ensembl IDs)"
+        )
+    return pos
+
+
+def select_columns(X: sp.csr_matrix, positions: np.ndarray) -> sp.csr_matrix:
+    """Columns ``positions`` of ``X`` in that order; -1 gives an all-zero column."""
+    if (positions >= 0).all():
+        if np.array_equal(positions, np.arange(X.shape[1])):
+            return X
+        return X[:, positions].tocsr()
+    present = positions >= 0
+    sub = X[:, positions[present]].tocsc()
+    out = sp.hstack(
+        [sub, sp.csc_matrix((X.shape[0], int((~present).sum())), dtype=X.dtype)]
+    ).tocsc()
+    order = np.concatenate([np.flatnonzero(present), np.flatnonzero(~present)])
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return out[:, inverse].tocsr()
+
+
+class DeviceMatrix:
+    """A cells x genes count matrix resident on a device, with row gathering there.
+
+    Dense when it fits under ``dense_limit_bytes``; otherwise CSR (three tensors) with a
+    vectorised gather that densifies only the requested rows.
+    """
+
+    def __init__(self, X: sp.csr_matrix, device: torch.device, *, dense_limit_bytes: float = 2**30):
+        self.shape = X.shape
+        self.device = device
+        self.dense = X.shape[0] * X.shape[1] * 4 <= dense_limit_bytes
+        if self.dense:
+            self.values = torch.as_tensor(X.toarray(), dtype=torch.float32, device=device)
+        else:
+            self.crow = torch.as_tensor(X.indptr.astype(np.int64), device=device)
+            self.col = torch.as_tensor(X.indices.astype(np.int64), device=device)
+            self.val = torch.as_tensor(X.data, dtype=torch.float32, device=device)
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Dense float32 rows ``index`` (on the device), shape ``(len(index), n_genes)``."""
+        if self.dense:
+            return self.values[index]
+        starts, ends = self.crow[index], self.crow[index + 1]
+        lengths = ends - starts
+        n = index.shape[0]
+        out = torch.zeros((n, self.shape[1]), dtype=torch.float32, device=self.device)
+        total = int(lengths.sum())
+        if total == 0:
+            return out
+        row = torch.repeat_interleave(
+            torch.arange(n, device=self.device), lengths, output_size=total
+        )
+        first = torch.cumsum(lengths, 0) - lengths
+        pos = torch.arange(total, device=self.device) - first[row] + starts[row]
+        out[row, self.col[pos]] = self.val[pos]
+        return out

@@ -1,0 +1,644 @@
+"""The user-facing model class: AnnData in, AnnData-friendly arrays out (scvi-tools style)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from . import __version__, checkpoint
+from .data import (
+    SETUP_KEY,
+    DeviceMatrix,
+    Registry,
+    align_genes,
+    category_codes,
+    get_counts,
+    obs_column,
+    select_columns,
+    sorted_categories,
+)
+from .errors import InputDataError
+from .module import SCARKIDSModule
+from .training import (
+    EpochCallback,
+    TrainingData,
+    TrainingSettings,
+    TrainingState,
+    train_module,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputDataError(
+            "device 'cuda' was requested but no CUDA GPU is available; use 'auto' or 'cpu'"
+        )
+    return torch.device(device)
+
+
+def default_max_epochs(n_cells: int) -> int:
+    """Epochs when none are given: about 1e6 cell-passes, between 20 and 200 epochs."""
+    return int(np.clip(round(1e6 / max(n_cells, 1)), 20, 200))
+
+
+class SCARKIDS:
+    """scARKIDS: a VAE with a cell-type-conditioned latent diffusion prior.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata` (raw counts).
+    n_latent
+        Latent dimension d.
+    n_labels
+        Number of clusters when the data has no labels (unsupervised); ignored otherwise.
+    seed
+        Seed of the initial weights (training has its own ``seed``).
+    **module_kwargs
+        Passed to :class:`scarkids.module.SCARKIDSModule` (hidden sizes, likelihood,
+        diffusion schedule, ...).
+
+    Examples
+    --------
+    >>> SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
+    >>> model = SCARKIDS(adata)
+    >>> model.train()
+    >>> adata.obsm["X_scarkids"] = model.get_latent_representation()
+    """
+
+    def __init__(
+        self, adata, *, n_latent: int = 10, n_labels: int = 10, seed: int = 0, **module_kwargs
+    ):
+        setup = self._setup_of(adata)
+        batches = sorted_categories(
+            obs_column(adata, setup["batch_key"], source=None, what="batch")
+        )
+        if setup["labels_key"] is not None:
+            labels = sorted_categories(
+                obs_column(adata, setup["labels_key"], source=None, what="cell type"),
+                exclude=setup["unlabeled_category"],
+            )
+            if not labels:
+                raise InputDataError(
+                    f"obs[{setup['labels_key']!r}] has no labelled cells; pass labels_key=None for "
+                    "unsupervised training"
+                )
+            clusters = False
+        else:
+            labels, clusters = [f"cluster_{i}" for i in range(n_labels)], True
+        self.registry = Registry(
+            batch_key=setup["batch_key"],
+            labels_key=setup["labels_key"],
+            layer=setup["layer"],
+            unlabeled_category=setup["unlabeled_category"],
+            gene_names=[str(g) for g in adata.var_names],
+            batch_categories=batches,
+            label_categories=labels,
+            labels_are_clusters=clusters,
+        )
+        self.init_params = {"n_latent": n_latent, **module_kwargs}
+        with torch.random.fork_rng(devices=[]):  # seeded weights, global RNG untouched
+            torch.manual_seed(seed)
+            self.module = SCARKIDSModule(
+                adata.n_vars, len(batches), len(labels), n_latent=n_latent, **module_kwargs
+            )
+        self.adata = adata
+        self.history: dict[str, list[float]] = {}
+        self.training_state: TrainingState | None = None
+        self.is_trained = False
+        self.device = torch.device("cpu")
+        self.extra: dict = {}
+
+    # ------------------------------------------------------------ AnnData setup
+    @staticmethod
+    def setup_anndata(
+        adata,
+        *,
+        batch_key: str = "batch",
+        labels_key: str | None = None,
+        layer: str | None = None,
+        unlabeled_category: str = "Unknown",
+    ) -> None:
+        """Record where counts, batches and (optional) cell-type labels are.
+
+        Checks the columns exist and that the counts are raw counts; writes only
+        ``adata.uns["_scarkids_setup"]``. ``labels_key=None`` means unsupervised; labels equal
+        to ``unlabeled_category`` or NaN mark unlabelled cells (semi-supervised).
+        """
+        obs_column(adata, batch_key, source=None, what="batch")
+        if obs_column(adata, batch_key, source=None, what="batch").isna().any():
+            raise InputDataError(
+                f"obs[{batch_key!r}] has missing (NaN) values; fill them or drop those cells"
+            )
+        if labels_key is not None:
+            obs_column(adata, labels_key, source=None, what="cell type")
+        get_counts(adata, layer)
+        adata.uns[SETUP_KEY] = {
+            "batch_key": batch_key,
+            "labels_key": labels_key,
+            "layer": layer,
+            "unlabeled_category": unlabeled_category,
+        }
+
+    @staticmethod
+    def _setup_of(adata) -> dict:
+        setup = adata.uns.get(SETUP_KEY)
+        if setup is None:
+            raise InputDataError(
+                "AnnData is not set up: call SCARKIDS.setup_anndata(adata, batch_key=...) first"
+            )
+        return dict(setup)
+
+    # ------------------------------------------------------------- data access
+    def _encode(
+        self,
+        adata,
+        *,
+        labels: Literal["use", "ignore"] = "use",
+        new_categories: bool = False,
+        source: str | None = None,
+    ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+        """Counts aligned to the model's genes, batch codes, label codes (-1 = unlabelled).
+
+        With ``new_categories`` unseen batch and label names are added to the registry (the
+        module is extended by the caller); otherwise unseen batches are an error.
+        """
+        setup = adata.uns.get(SETUP_KEY) or {
+            "batch_key": self.registry.batch_key,
+            "labels_key": self.registry.labels_key,
+            "layer": self.registry.layer,
+            "unlabeled_category": self.registry.unlabeled_category,
+        }
+        X = get_counts(adata, setup["layer"], source=source)
+        X = select_columns(X, align_genes(adata, self.registry.gene_names, source=source))
+        batch_col = obs_column(adata, setup["batch_key"], source=source, what="batch")
+        if new_categories:
+            for name in sorted_categories(batch_col):
+                if name not in self.registry.batch_categories:
+                    self.registry.batch_categories.append(name)
+        batch = category_codes(
+            batch_col, self.registry.batch_categories, column=setup["batch_key"], source=source
+        )
+        codes = np.full(adata.n_obs, -1, dtype=np.int64)
+        if labels == "use" and setup["labels_key"] is not None and setup["labels_key"] in adata.obs:
+            col = adata.obs[setup["labels_key"]]
+            if new_categories:
+                for name in sorted_categories(col, exclude=setup["unlabeled_category"]):
+                    if name not in self.registry.label_categories:
+                        if self.registry.labels_are_clusters:
+                            # a supervised session on an unsupervised model: names replace clusters
+                            self.registry.label_categories = []
+                            self.registry.labels_are_clusters = False
+                        self.registry.label_categories.append(name)
+            codes = category_codes(
+                col,
+                self.registry.label_categories,
+                column=setup["labels_key"],
+                source=source,
+                unknown="unlabelled",
+                unlabeled_category=setup["unlabeled_category"],
+            )
+        return X, batch, codes
+
+    def _chunks(
+        self, adata, batch_size: int, **kw
+    ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+        adata = self.adata if adata is None else adata
+        X, batch, _ = self._encode(adata, labels="ignore", **kw)
+        for start in range(0, X.shape[0], batch_size):
+            sl = slice(start, min(start + batch_size, X.shape[0]))
+            x = torch.as_tensor(X[sl].toarray(), device=self.device)
+            yield sl, x, torch.as_tensor(batch[sl], device=self.device)
+
+    # ----------------------------------------------------------------- training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        adata=None,
+        validation_adata=None,
+        batch_size: int = 128,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-6,
+        validation_fraction: float = 0.1,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 20,
+        kl_warmup_epochs: int = 0,
+        lr_warmup_epochs: int = 0,
+        lr_scheduler: str | None = None,
+        classification_weight: float = 50.0,
+        grad_clip_norm: float | None = 10.0,
+        supervised: bool | None = None,
+        freeze: Literal["new_batches", "none"] = "new_batches",
+        nan_retries: int = 2,
+        seed: int = 0,
+        device: str | torch.device = "auto",
+        progress_bar: bool = True,
+        name: str = "scARKIDS",
+        resume_state: TrainingState | None = None,
+        on_epoch_end: EpochCallback | None = None,
+    ) -> SCARKIDS:
+        """Train on ``adata`` (default: the AnnData given at construction).
+
+        ``supervised=False`` ignores labels (unsupervised session); ``None`` uses them when the
+        data's setup names a labels column. In a later session, batches and (when supervised)
+        cell types the model has not seen are added; with ``freeze="new_batches"`` only the new
+        batch parameters learn, so the existing embedding does not move. Returns ``self``.
+        """
+        adata = self.adata if adata is None else adata
+        self.device = resolve_device(device)
+        if resume_state is None:
+            torch.manual_seed(seed)
+        n_batches_before = len(self.registry.batch_categories)
+        n_labels_before = len(self.registry.label_categories)
+        use_labels = "ignore" if supervised is False else "use"
+        X, batch, labels = self._encode(adata, labels=use_labels, new_categories=True)
+        if validation_adata is not None:
+            Xv, bv, lv = self._encode(validation_adata, labels=use_labels, new_categories=True)
+        if supervised and (labels < 0).all():
+            raise InputDataError("supervised training needs labelled cells, but none are labelled")
+        self._grow_module(n_batches_before, n_labels_before)
+
+        rng = np.random.default_rng(seed)
+        if validation_adata is not None:
+            X = sp.vstack([X, Xv]).tocsr()
+            batch, labels = np.concatenate([batch, bv]), np.concatenate([labels, lv])
+            train_idx = np.arange(adata.n_obs)
+            val_idx = np.arange(adata.n_obs, X.shape[0])
+        else:
+            perm = rng.permutation(adata.n_obs)
+            n_val = int(round(validation_fraction * adata.n_obs)) if adata.n_obs >= 20 else 0
+            val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        label_mode = (
+            "labelled" if (labels >= 0).all() else "unlabelled" if (labels < 0).all() else "mixed"
+        )
+
+        dev = self.device
+        self.module.to(dev)
+        data = TrainingData(
+            X=DeviceMatrix(X, dev),
+            batch=torch.as_tensor(batch, device=dev),
+            labels=torch.as_tensor(labels, device=dev),
+            train_index=torch.as_tensor(train_idx, device=dev),
+            val_index=torch.as_tensor(val_idx, device=dev),
+            label_mode=label_mode,
+        )
+        settings = TrainingSettings(
+            max_epochs=max_epochs if max_epochs is not None else default_max_epochs(adata.n_obs),
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            grad_clip_norm=grad_clip_norm,
+            kl_warmup_epochs=kl_warmup_epochs,
+            lr_warmup_epochs=lr_warmup_epochs,
+            lr_scheduler=lr_scheduler,
+            classification_weight=classification_weight,
+            early_stopping=early_stopping,
+            early_stopping_patience=early_stopping_patience,
+            nan_retries=nan_retries,
+            seed=seed,
+            progress_bar=progress_bar,
+            name=name,
+        )
+        trainable, masks = self._freeze_plan(freeze, n_batches_before)
+        self.training_state = train_module(
+            self.module,
+            data,
+            settings,
+            state=resume_state,
+            trainable=trainable,
+            grad_masks=masks,
+            on_epoch_end=on_epoch_end,
+        )
+        self.history = self.training_state.history
+        self.is_trained = True
+        return self
+
+    def _grow_module(self, n_batches_before: int, n_labels_before: int) -> None:
+        n_new_b = len(self.registry.batch_categories) - n_batches_before
+        if n_new_b:
+            logger.info("adding %d new batch(es) to the model", n_new_b)
+            self.module.extend_batches(n_new_b)
+        n_labels = len(self.registry.label_categories)
+        if n_labels != self.module.n_labels:
+            if n_labels > self.module.n_labels:
+                logger.info(
+                    "adding %d new cell type(s) to the model", n_labels - self.module.n_labels
+                )
+                self.module.extend_labels(n_labels - self.module.n_labels)
+            else:  # cluster slots re-used as named types: keep the larger layout
+                self.registry.label_categories += [
+                    f"cluster_{i}" for i in range(n_labels, self.module.n_labels)
+                ]
+        self.module.to(self.device)
+
+    def _freeze_plan(self, freeze: str, n_batches_before: int):
+        """Parameters to optimise and gradient masks for a session that added batches."""
+        new_batches = len(self.registry.batch_categories) > n_batches_before
+        if freeze == "none" or not self.is_trained or not new_batches:
+            return None, None
+        masks: dict[torch.nn.Parameter, torch.Tensor] = {}
+        trainable = []
+        for body in (self.module.encoder.body, self.module.decoder.body):
+            emb = body.batch_embedding
+            if emb is not None:
+                mask = torch.zeros_like(emb.weight)
+                mask[n_batches_before:] = 1.0
+                masks[emb.weight] = mask
+                trainable.append(emb.weight)
+        if self.module.decoder.dispersion == "gene-batch":
+            theta = self.module.decoder.log_theta
+            mask = torch.zeros_like(theta)
+            mask[n_batches_before:] = 1.0
+            masks[theta] = mask
+            trainable.append(theta)
+        return trainable, masks
+
+    # --------------------------------------------------------------- outputs
+    @torch.no_grad()
+    def get_latent_representation(
+        self,
+        adata=None,
+        *,
+        give_mean: bool = True,
+        batch_size: int = 4096,
+        key_added: str | None = None,
+    ) -> np.ndarray:
+        """Latent codes ``(n_cells, n_latent)`` float32: the encoder mean (or a sample)."""
+        self.module.eval()
+        out = []
+        for _, x, b in self._chunks(adata, batch_size):
+            inf = self.module.inference(x, b, sample=not give_mean)
+            out.append(inf["z"].float().cpu().numpy())
+        z = np.concatenate(out, 0)
+        if key_added is not None:
+            (self.adata if adata is None else adata).obsm[key_added] = z
+        return z
+
+    def _batch_indices(self, transform_batch) -> list[int] | None:
+        if transform_batch is None:
+            return None
+        items = transform_batch if isinstance(transform_batch, (list, tuple)) else [transform_batch]
+        out = []
+        for item in items:
+            if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                if not 0 <= item < len(self.registry.batch_categories):
+                    raise InputDataError(
+                        f"target batch index {item} is out of range: the model knows "
+                        f"{len(self.registry.batch_categories)} batches (0..{len(self.registry.batch_categories) - 1})"
+                    )
+                out.append(int(item))
+            elif str(item) in self.registry.batch_categories:
+                out.append(self.registry.batch_categories.index(str(item)))
+            else:
+                raise InputDataError(
+                    f"target batch {item!r} is not a batch of the model; known: "
+                    f"{', '.join(map(repr, self.registry.batch_categories[:10]))}"
+                )
+        return out
+
+    @torch.no_grad()
+    def iter_normalized_expression(
+        self,
+        adata=None,
+        *,
+        transform_batch: int | str | Sequence[int | str] | None = None,
+        library_size: float = 1e4,
+        batch_size: int = 1024,
+        latent: np.ndarray | None = None,
+    ) -> Iterator[tuple[slice, np.ndarray]]:
+        """Yield ``(cell slice, float32 chunk)`` of :meth:`get_normalized_expression`."""
+        targets = self._batch_indices(transform_batch)
+        self.module.eval()
+        for sl, x, b in self._chunks(adata, batch_size):
+            z = (
+                torch.as_tensor(latent[sl], device=self.device)
+                if latent is not None
+                else self.module.inference(x, b, sample=False)["z"]
+            )
+            if targets is None:
+                rho = self.module.generative(z, b, None)["log_rho"].exp()
+            else:
+                rho = torch.zeros_like(x)
+                for t in targets:
+                    bt = torch.full_like(b, t)
+                    rho += self.module.generative(z, bt, None)["log_rho"].exp()
+                rho /= len(targets)
+            yield sl, (rho * library_size).float().cpu().numpy()
+
+    def get_normalized_expression(
+        self,
+        adata=None,
+        *,
+        transform_batch: int | str | Sequence[int | str] | None = None,
+        library_size: float = 1e4,
+        batch_size: int = 1024,
+        return_numpy: bool = False,
+    ) -> pd.DataFrame | np.ndarray:
+        """Decoded expression ``library_size * rho(z0, b)``, cells x genes (float32).
+
+        ``transform_batch``: ``None`` decodes each cell with its own batch; a batch name or
+        index decodes every cell as if measured in that batch (batch correction); a list
+        averages over those batches. The latent is the encoder mean.
+        """
+        adata_ = self.adata if adata is None else adata
+        out = np.empty((adata_.n_obs, len(self.registry.gene_names)), dtype=np.float32)
+        for sl, chunk in self.iter_normalized_expression(
+            adata_,
+            transform_batch=transform_batch,
+            library_size=library_size,
+            batch_size=batch_size,
+        ):
+            out[sl] = chunk
+        if return_numpy:
+            return out
+        return pd.DataFrame(out, index=adata_.obs_names, columns=self.registry.gene_names)
+
+    @torch.no_grad()
+    def _label_probs(
+        self, adata=None, batch_size: int = 4096, latent: np.ndarray | None = None
+    ) -> np.ndarray:
+        self.module.eval()
+        if latent is None:
+            latent = self.get_latent_representation(adata, batch_size=batch_size)
+        z = torch.as_tensor(latent, device=self.device)
+        return self.module.label_log_probs(z).exp().cpu().numpy()
+
+    def predict(
+        self, adata=None, *, soft: bool = False, batch_size: int = 4096
+    ) -> np.ndarray | pd.DataFrame:
+        """Cell-type predictions: names ``(n_cells,)``, or with ``soft`` a DataFrame of
+        probabilities (cells x cell types)."""
+        adata_ = self.adata if adata is None else adata
+        probs = self._label_probs(adata_, batch_size)
+        names = np.asarray(self.registry.label_categories, dtype=object)
+        if soft:
+            return pd.DataFrame(probs, index=adata_.obs_names, columns=list(names))
+        return names[probs.argmax(1)]
+
+    def predict_with_uncertainty(
+        self,
+        adata=None,
+        *,
+        confidence_threshold: float = 0.5,
+        unknown_label: str = "unknown",
+        latent: np.ndarray | None = None,
+    ) -> pd.DataFrame:
+        """Per cell: ``predicted_label`` (``unknown_label`` when the top probability is below
+        ``confidence_threshold``), ``top_label``, ``probability`` and ``entropy`` (nats)."""
+        adata_ = self.adata if adata is None else adata
+        probs = self._label_probs(adata_, latent=latent)
+        names = np.asarray(self.registry.label_categories, dtype=object)
+        top = probs.argmax(1)
+        p = probs[np.arange(len(top)), top]
+        entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(1)
+        return pd.DataFrame(
+            {
+                "predicted_label": np.where(p >= confidence_threshold, names[top], unknown_label),
+                "top_label": names[top],
+                "probability": p,
+                "entropy": entropy,
+            },
+            index=adata_.obs_names,
+        )
+
+    @torch.no_grad()
+    def refine_latent(
+        self,
+        adata=None,
+        *,
+        n_steps: int = 100,
+        labels: np.ndarray | Sequence[str] | None = None,
+        seed: int = 0,
+        batch_size: int = 4096,
+    ) -> np.ndarray:
+        """DDPM (SDEdit) refinement: noise each encoder mean to step ``n_steps`` and denoise
+        with ``p_psi(. | c)``, c = the given labels (names) or the predicted ones."""
+        if not 1 <= n_steps <= self.module.prior.n_steps:
+            raise InputDataError(
+                f"n_refinement_steps must be between 1 and n_diffusion_steps ({self.module.prior.n_steps}), got {n_steps}"
+            )
+        z = self.get_latent_representation(adata, batch_size=batch_size)
+        if labels is None:
+            codes = self._label_probs(latent=z).argmax(1)
+        else:
+            lookup = {n: i for i, n in enumerate(self.registry.label_categories)}
+            codes = np.array([lookup.get(str(v), -1) for v in labels])
+            if (codes < 0).any():
+                raise InputDataError("refine_latent: labels contain names the model does not know")
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        out = []
+        for start in range(0, z.shape[0], batch_size):
+            zt = torch.as_tensor(z[start : start + batch_size], device=self.device)
+            lab = torch.as_tensor(codes[start : start + batch_size] + 1, device=self.device)
+            out.append(self.module.prior.refine(zt, lab, n_steps, generator=gen).cpu().numpy())
+        return np.concatenate(out, 0).astype(np.float32)
+
+    # ------------------------------------------------------------ save / load
+    def state_payload(
+        self, *, include_training_state: bool = False, extra: dict | None = None
+    ) -> dict:
+        payload = {
+            "format": checkpoint.FORMAT,
+            "format_version": checkpoint.FORMAT_VERSION,
+            "package_version": __version__,
+            "torch_version": torch.__version__,
+            "init_params": {
+                **self.init_params,
+                "n_genes": len(self.registry.gene_names),
+                "n_batches": len(self.registry.batch_categories),
+                "n_labels": self.module.n_labels,
+            },
+            "registry": self.registry.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
+            "history": self.history,
+            "is_trained": self.is_trained,
+            "extra": {**self.extra, **(extra or {})},
+        }
+        if include_training_state and self.training_state is not None:
+            payload["training_state"] = _to_cpu(self.training_state.to_dict())
+        return payload
+
+    def save(
+        self,
+        path: str | os.PathLike,
+        *,
+        include_training_state: bool = False,
+        extra: dict | None = None,
+    ):
+        """Write one checkpoint file (``path`` ending in ``.pt``, or a directory ->
+        ``<dir>/model.pt``), atomically. Returns the file path."""
+        return checkpoint.write_atomic(
+            self.state_payload(include_training_state=include_training_state, extra=extra), path
+        )
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, adata=None, *, device: str | torch.device = "cpu"
+    ) -> SCARKIDS:
+        """Rebuild a model from :meth:`save` output. ``adata`` (optional) becomes the default
+        data; it is aligned to the stored genes and categories by name when used."""
+        payload = checkpoint.read(path)
+        return cls.from_payload(payload, adata, device=device)
+
+    @classmethod
+    def from_payload(
+        cls, payload: dict, adata=None, *, device: str | torch.device = "cpu"
+    ) -> SCARKIDS:
+        self = cls.__new__(cls)
+        params = dict(payload["init_params"])
+        n_genes, n_batches, n_labels = (
+            params.pop("n_genes"),
+            params.pop("n_batches"),
+            params.pop("n_labels"),
+        )
+        self.registry = Registry.from_dict(payload["registry"])
+        self.init_params = params
+        self.module = SCARKIDSModule(n_genes, n_batches, n_labels, **params)
+        self.module.load_state_dict(payload["state_dict"])
+        self.module.eval()
+        self.device = resolve_device(device)
+        self.module.to(self.device)
+        self.adata = adata
+        self.history = payload.get("history", {})
+        self.is_trained = payload.get("is_trained", True)
+        self.extra = payload.get("extra", {})
+        ts = payload.get("training_state")
+        self.training_state = TrainingState.from_dict(ts) if ts else None
+        return self
+
+    def __repr__(self) -> str:
+        r = self.registry
+        kind = "unsupervised clusters" if r.labels_are_clusters else "cell types"
+        return (
+            f"SCARKIDS: {len(r.gene_names)} genes, {len(r.batch_categories)} batches, "
+            f"{len(r.label_categories)} {kind}, latent {self.module.n_latent}, "
+            f"{self.module.prior.n_steps} diffusion steps, trained={self.is_trained}"
+        )
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_to_cpu(v) for v in obj)
+    return obj

@@ -1,0 +1,284 @@
+"""The scARKIDS generative model and its ELBO, in pure torch (no AnnData, no files).
+
+Per cell: counts ``x`` (G), batch ``b``, library ``l = sum(x)``, cell type ``c`` (observed or
+latent), latent ``z0``. Generative: ``c ~ Cat(pi)``, ``z0 ~ p_psi(z0 | c)`` (latent DDPM),
+``x_g ~ ZINB(l * rho_g(z0, b), theta_g, pi_g(z0, b))``. Inference: ``q(z0 | x)`` and
+``q(c | z0)``. The loss per cell (nats) is the negative ELBO
+
+    -E_q log p(x | z0, b) - H[q(z0|x)] + E_q[-log p_psi(z0 | c)]          (labelled: c = c_obs)
+    + sum_c q(c|z0) (-log p_psi(z0|c) - log pi_c) - H[q(c|z0)]             (unlabelled)
+
+plus ``classification_weight * -log q(c_obs | z0)`` for labelled cells (as in scANVI) and, in
+the ``"split"`` prior-training mode, the unweighted DDPM loss that alone trains the noise net
+(the encoder then sees the VLB-weighted bound through a detached copy of the noise net).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .diffusion import BetaSchedule, DiffusionPrior, extend_embedding
+from .distributions import count_log_prob
+from .nn import Classifier, Decoder, Encoder, Norm
+
+#: label index of an unlabelled cell in the ``labels`` tensors given to :meth:`loss`
+UNLABELED = -1
+
+LabelMode = Literal["labelled", "unlabelled", "mixed"]
+
+
+@dataclass
+class LossOutput:
+    """The scalar loss to minimise and per-cell terms (``(n,)`` tensors, nats per cell)."""
+
+    loss: torch.Tensor
+    reconstruction: torch.Tensor
+    vae_kl: torch.Tensor
+    diffusion_kl: torch.Tensor
+    classification: torch.Tensor
+    n_labelled: torch.Tensor
+    n_correct: torch.Tensor
+    prior_simple: torch.Tensor
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        return -(self.reconstruction + self.vae_kl)
+
+
+class SCARKIDSModule(nn.Module):
+    """VAE with a cell-type-conditioned latent diffusion prior. See the module docstring."""
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_batches: int,
+        n_labels: int,
+        *,
+        n_latent: int = 10,
+        encoder_hidden_dims: tuple[int, ...] = (128,),
+        decoder_hidden_dim: int = 128,
+        decoder_layers: int = 1,
+        classifier_hidden_dim: int = 128,
+        classifier_layers: int = 1,
+        dropout: float = 0.1,
+        norm: Norm = "layer",
+        encode_batch: bool = False,
+        input_transform: Literal["normalize_log1p", "log1p", "none"] = "normalize_log1p",
+        likelihood: Literal["zinb", "nb"] = "zinb",
+        dispersion: Literal["gene", "gene-batch"] = "gene",
+        n_diffusion_steps: int = 400,
+        beta_schedule: BetaSchedule = "linear",
+        beta_min: float = 1e-4,
+        beta_max: float = 0.02,
+        noise_hidden_dim: int = 128,
+        noise_n_layers: int = 2,
+        timestep_embed_dim: int = 64,
+        null_label_prob: float = 0.1,
+        prior_training: Literal["split", "elbo"] = "split",
+        importance_sampling: bool = True,
+        label_prior_probs: list[float] | None = None,
+    ):
+        super().__init__()
+        self.n_latent = n_latent
+        self.null_label_prob = null_label_prob
+        self.prior_training = prior_training
+        self.importance_sampling = importance_sampling
+        self.encoder = Encoder(
+            n_genes,
+            n_latent,
+            list(encoder_hidden_dims),
+            n_batches if encode_batch else 0,
+            norm=norm,
+            dropout=dropout,
+            input_transform=input_transform,
+        )
+        self.decoder = Decoder(
+            n_latent,
+            n_genes,
+            [decoder_hidden_dim] * decoder_layers,
+            n_batches,
+            norm=norm,
+            dropout=dropout,
+            zero_inflated=likelihood == "zinb",
+            dispersion=dispersion,
+        )
+        self.classifier = Classifier(
+            n_latent, n_labels, classifier_hidden_dim, classifier_layers, norm=norm, dropout=dropout
+        )
+        self.prior = DiffusionPrior(
+            n_latent,
+            n_labels,
+            n_steps=n_diffusion_steps,
+            beta_schedule=beta_schedule,
+            beta_min=beta_min,
+            beta_max=beta_max,
+            hidden_dim=noise_hidden_dim,
+            n_layers=noise_n_layers,
+            timestep_embed_dim=timestep_embed_dim,
+        )
+        self.register_buffer("log_label_prior", self._log_prior(n_labels, label_prior_probs))
+
+    @staticmethod
+    def _log_prior(n_labels: int, probs: list[float] | None) -> torch.Tensor:
+        if probs is None:
+            return torch.full((n_labels,), -math.log(n_labels))
+        p = torch.as_tensor(probs, dtype=torch.float32)
+        return (p / p.sum()).clamp_min(1e-12).log()
+
+    @property
+    def n_labels(self) -> int:
+        return self.classifier.out.out_features
+
+    # ------------------------------------------------------------- the model
+    def inference(
+        self,
+        x: torch.Tensor,
+        batch_index: torch.Tensor,
+        *,
+        sample: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``x`` (n, G) counts -> ``qz_mean``, ``qz_std``, ``z`` (n, d) and ``log_library`` (n,)."""
+        mean, std = self.encoder(x, batch_index)
+        if sample:
+            noise = torch.randn(
+                mean.shape, device=mean.device, generator=generator, dtype=mean.dtype
+            )
+            z = mean + std * noise
+        else:
+            z = mean
+        log_library = x.sum(-1).clamp_min(1.0).log()
+        return {"qz_mean": mean, "qz_std": std, "z": z, "log_library": log_library}
+
+    def generative(
+        self, z: torch.Tensor, batch_index: torch.Tensor, log_library: torch.Tensor | None
+    ) -> dict[str, torch.Tensor | None]:
+        return self.decoder(z, batch_index, log_library)
+
+    def loss(
+        self,
+        x: torch.Tensor,
+        batch_index: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        label_mode: LabelMode = "mixed",
+        kl_weight: float = 1.0,
+        classification_weight: float = 50.0,
+        generator: torch.Generator | None = None,
+    ) -> LossOutput:
+        """Negative ELBO and its terms for a minibatch.
+
+        ``labels`` (n,) holds label indices, ``UNLABELED`` (-1) for unlabelled cells.
+        ``label_mode`` is a promise about ``labels`` made from the whole dataset (no host sync
+        per step): "labelled" (none is -1), "unlabelled" (all are -1) or "mixed".
+        """
+        inf = self.inference(x, batch_index, generator=generator)
+        z, std = inf["z"], inf["qz_std"]
+        gen = self.generative(z, batch_index, inf["log_library"])
+        reconstruction = -count_log_prob(
+            x, gen["log_mu"], gen["log_theta"], gen["dropout_logits"]
+        ).sum(-1)
+        entropy = std.log().sum(-1) + 0.5 * self.n_latent * math.log(2 * math.pi * math.e)
+
+        n, n_labels = x.shape[0], self.n_labels
+        logits = self.classifier(z)
+        log_q = F.log_softmax(logits, dim=-1)
+        is_labelled = labels >= 0
+        safe_labels = labels.clamp_min(0)
+
+        # diffusion bound: the same (t, eps) for every label a cell is scored against
+        t, scale = self.prior.sample_steps(
+            n, importance=self.importance_sampling, generator=generator
+        )
+        eps = torch.randn(z.shape, device=z.device, generator=generator, dtype=z.dtype)
+        detach_net = self.prior_training == "split"
+        if label_mode == "labelled":
+            bound = self.prior.negative_bound(
+                z, safe_labels + 1, t, scale, eps, detach_net=detach_net
+            )
+            cross_entropy = bound["nll"] - self.log_label_prior[safe_labels]
+            diffusion_kl = bound["diffusion_kl"]
+        else:
+            rep = lambda v: v.repeat_interleave(n_labels, 0)  # noqa: E731  (n*C rows)
+            all_labels = torch.arange(n_labels, device=z.device).repeat(n)
+            bound = self.prior.negative_bound(
+                rep(z), all_labels + 1, rep(t), rep(scale), rep(eps), detach_net=detach_net
+            )
+            nll_c = bound["nll"].view(n, n_labels) - self.log_label_prior
+            q = log_q.exp()
+            # labelled cells put all weight on their label; unlabelled use q(c|z0)
+            weights = torch.where(
+                is_labelled[:, None], F.one_hot(safe_labels, n_labels).to(q.dtype), q
+            )
+            q_entropy = -(q * log_q).sum(-1) * (~is_labelled)
+            cross_entropy = (weights * nll_c).sum(-1) - q_entropy
+            diffusion_kl = (weights * bound["diffusion_kl"].view(n, n_labels)).sum(-1)
+        vae_kl = cross_entropy - entropy
+
+        if label_mode == "unlabelled":
+            classification = torch.zeros(n, device=z.device)
+            n_correct = torch.zeros((), device=z.device)
+        else:
+            nll_label = -log_q.gather(1, safe_labels[:, None]).squeeze(1)
+            classification = nll_label * is_labelled
+            n_correct = ((log_q.argmax(-1) == labels) & is_labelled).sum()
+
+        prior_simple = self._prior_training_loss(z, labels, log_q, generator)
+        loss = (
+            reconstruction + kl_weight * vae_kl + classification_weight * classification
+        ).mean() + prior_simple.mean()
+        return LossOutput(
+            loss=loss,
+            reconstruction=reconstruction,
+            vae_kl=vae_kl,
+            diffusion_kl=diffusion_kl,
+            classification=classification,
+            n_labelled=is_labelled.sum(),
+            n_correct=n_correct,
+            prior_simple=prior_simple,
+        )
+
+    def _prior_training_loss(
+        self,
+        z: torch.Tensor,
+        labels: torch.Tensor,
+        log_q: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Unweighted DDPM loss on detached codes (trains only the noise net, "split" mode).
+
+        Unlabelled cells use a label drawn from q(c|z0); a fraction of rows use the null label.
+        """
+        if self.prior_training != "split":
+            return torch.zeros(z.shape[0], device=z.device)
+        drawn = torch.multinomial(log_q.detach().exp(), 1, generator=generator).squeeze(1)
+        label = torch.where(labels >= 0, labels, drawn) + 1
+        u = torch.rand(z.shape[0], device=z.device, generator=generator)
+        label = torch.where(u < self.null_label_prob, torch.zeros_like(label), label)
+        return self.prior.simple_loss(z.detach(), label, generator=generator)
+
+    # ---------------------------------------------------------- predictions
+    @torch.no_grad()
+    def label_log_probs(self, z: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.classifier(z), dim=-1)
+
+    # -------------------------------------------------------------- surgery
+    def extend_batches(self, n_new: int) -> None:
+        """Add ``n_new`` batch slots (encoder if it sees batches, decoder, dispersion)."""
+        self.encoder.body.extend_batches(n_new)
+        self.decoder.extend_batches(n_new)
+
+    def extend_labels(self, n_new: int) -> None:
+        """Add ``n_new`` cell types to the classifier, the prior and pi (uniform again)."""
+        if n_new <= 0:
+            return
+        self.classifier.extend_labels(n_new)
+        self.prior.net.label = extend_embedding(self.prior.net.label, n_new)
+        n = self.n_labels
+        self.log_label_prior = torch.full((n,), -math.log(n), device=self.log_label_prior.device)

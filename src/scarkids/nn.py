@@ -1,0 +1,195 @@
+"""Building blocks: MLPs, the encoder q(z0|x), the ZINB decoder and the classifier q(c|z0).
+
+Batches enter networks through an embedding added to the first hidden layer, which is the
+same function as a one-hot column block but can grow rows when a later session brings new
+batches (scArches-style surgery, see :meth:`BatchConditionedMLP.extend_batches`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Norm = Literal["layer", "batch", "none"]
+
+
+def _norm_layer(norm: Norm, width: int) -> nn.Module:
+    if norm == "layer":
+        return nn.LayerNorm(width)
+    if norm == "batch":
+        return nn.BatchNorm1d(width, momentum=0.01, eps=1e-3)
+    return nn.Identity()
+
+
+def make_mlp(n_in: int, hidden_dims: list[int], *, norm: Norm, dropout: float) -> nn.Sequential:
+    """Linear -> norm -> ReLU -> dropout, for each hidden width."""
+    layers: list[nn.Module] = []
+    for width in hidden_dims:
+        layers += [nn.Linear(n_in, width), _norm_layer(norm, width), nn.ReLU(), nn.Dropout(dropout)]
+        n_in = width
+    return nn.Sequential(*layers)
+
+
+class BatchConditionedMLP(nn.Module):
+    """An MLP whose first layer adds a learned vector per batch (when ``n_batches > 0``)."""
+
+    def __init__(
+        self, n_in: int, hidden_dims: list[int], n_batches: int, *, norm: Norm, dropout: float
+    ):
+        super().__init__()
+        first, rest = hidden_dims[0], hidden_dims[1:]
+        self.first = nn.Linear(n_in, first)
+        self.batch_embedding = nn.Embedding(n_batches, first) if n_batches > 0 else None
+        if self.batch_embedding is not None:
+            nn.init.zeros_(self.batch_embedding.weight)
+        self.first_post = nn.Sequential(_norm_layer(norm, first), nn.ReLU(), nn.Dropout(dropout))
+        self.rest = make_mlp(first, rest, norm=norm, dropout=dropout)
+        self.n_out = hidden_dims[-1]
+
+    def forward(self, x: torch.Tensor, batch_index: torch.Tensor | None) -> torch.Tensor:
+        h = self.first(x)
+        if self.batch_embedding is not None:
+            h = h + self.batch_embedding(batch_index)
+        return self.rest(self.first_post(h))
+
+    def extend_batches(self, n_new: int) -> None:
+        if self.batch_embedding is None or n_new <= 0:
+            return
+        old = self.batch_embedding.weight.data
+        new = nn.Embedding(old.shape[0] + n_new, old.shape[1]).to(old.device, old.dtype)
+        nn.init.zeros_(new.weight)
+        new.weight.data[: old.shape[0]] = old
+        self.batch_embedding = new
+
+
+class Encoder(nn.Module):
+    """``q(z0 | x) = N(mean, diag(var))`` on ``log1p(x)``; sees the batch only if asked."""
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_latent: int,
+        hidden_dims: list[int],
+        n_batches: int,
+        *,
+        norm: Norm,
+        dropout: float,
+        input_transform: Literal["normalize_log1p", "log1p", "none"] = "normalize_log1p",
+    ):
+        super().__init__()
+        self.input_transform = input_transform
+        self.body = BatchConditionedMLP(n_genes, hidden_dims, n_batches, norm=norm, dropout=dropout)
+        self.mean = nn.Linear(self.body.n_out, n_latent)
+        self.log_var = nn.Linear(self.body.n_out, n_latent)
+
+    def forward(
+        self, x: torch.Tensor, batch_index: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (n, G) counts -> mean (n, d) and standard deviation (n, d)."""
+        if self.input_transform == "normalize_log1p":
+            # library-size normalised: the encoder cannot read a batch off sequencing depth
+            h = torch.log1p(x * (1e4 / x.sum(-1, keepdim=True).clamp_min(1.0)))
+        elif self.input_transform == "log1p":
+            h = torch.log1p(x)
+        else:
+            h = x
+        h = self.body(h, batch_index)
+        std = (self.log_var(h).clamp(-15.0, 10.0).exp() + 1e-4).sqrt()
+        return self.mean(h), std
+
+
+class Decoder(nn.Module):
+    """``p(x | z0, b)``: ZINB with mean ``library * softmax(f(z0, b))``, dropout ``h(z0, b)``."""
+
+    def __init__(
+        self,
+        n_latent: int,
+        n_genes: int,
+        hidden_dims: list[int],
+        n_batches: int,
+        *,
+        norm: Norm,
+        dropout: float,
+        zero_inflated: bool = True,
+        dispersion: Literal["gene", "gene-batch"] = "gene",
+    ):
+        super().__init__()
+        self.body = BatchConditionedMLP(
+            n_latent, hidden_dims, n_batches, norm=norm, dropout=dropout
+        )
+        self.scale = nn.Linear(self.body.n_out, n_genes)
+        # a per-batch, per-gene offset of the expression logits: gene-wise technical effects
+        # are explained here directly, so z0 gains nothing by encoding the batch
+        self.batch_gene_offset = nn.Embedding(max(n_batches, 1), n_genes)
+        nn.init.zeros_(self.batch_gene_offset.weight)
+        self.dropout_logits = nn.Linear(self.body.n_out, n_genes) if zero_inflated else None
+        self.dispersion = dispersion
+        rows = n_batches if dispersion == "gene-batch" else 1
+        self.log_theta = nn.Parameter(torch.zeros(rows, n_genes))
+
+    def forward(
+        self, z: torch.Tensor, batch_index: torch.Tensor, log_library: torch.Tensor | None
+    ) -> dict[str, torch.Tensor | None]:
+        """Return ``log_rho`` (n, G: log of the normalised expression), ``log_mu`` (with the
+        library added when given), ``log_theta`` (1 or n, G) and ``dropout_logits``."""
+        h = self.body(z, batch_index)
+        log_rho = F.log_softmax(self.scale(h) + self.batch_gene_offset(batch_index), dim=-1)
+        log_mu = log_rho + log_library[:, None] if log_library is not None else log_rho
+        if self.dispersion == "gene-batch":
+            log_theta = self.log_theta[batch_index]
+        else:
+            log_theta = self.log_theta
+        drop = self.dropout_logits(h) if self.dropout_logits is not None else None
+        return {
+            "log_rho": log_rho,
+            "log_mu": log_mu,
+            "log_theta": log_theta,
+            "dropout_logits": drop,
+        }
+
+    def extend_batches(self, n_new: int) -> None:
+        self.body.extend_batches(n_new)
+        if n_new > 0:
+            old = self.batch_gene_offset.weight.data
+            new = nn.Embedding(old.shape[0] + n_new, old.shape[1]).to(old.device, old.dtype)
+            new.weight.data.zero_()
+            new.weight.data[: old.shape[0]] = old
+            self.batch_gene_offset = new
+        if self.dispersion == "gene-batch" and n_new > 0:
+            old = self.log_theta.data
+            mean_row = old.mean(0, keepdim=True).expand(n_new, -1)
+            self.log_theta = nn.Parameter(torch.cat([old, mean_row], 0))
+
+
+class Classifier(nn.Module):
+    """``q(c | z0)``: logits over the known cell types (or clusters)."""
+
+    def __init__(
+        self,
+        n_latent: int,
+        n_labels: int,
+        hidden_dim: int,
+        n_layers: int,
+        *,
+        norm: Norm,
+        dropout: float,
+    ):
+        super().__init__()
+        self.body = make_mlp(n_latent, [hidden_dim] * n_layers, norm=norm, dropout=dropout)
+        self.out = nn.Linear(hidden_dim if n_layers > 0 else n_latent, n_labels)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(z))
+
+    def extend_labels(self, n_new: int) -> None:
+        if n_new <= 0:
+            return
+        old = self.out
+        new = nn.Linear(old.in_features, old.out_features + n_new).to(old.weight.device)
+        with torch.no_grad():
+            new.weight[: old.out_features] = old.weight
+            new.bias[: old.out_features] = old.bias
+        self.out = new

@@ -1,0 +1,369 @@
+"""The training loop: AdamW, KL warm-up, early stopping, best-epoch restore, resumable state.
+
+Data stay on the device; each epoch shuffles an index tensor there and gathers minibatches
+from it. Metrics are summed into device tensors and read once per epoch, so the inner step
+never synchronises with the host (except the CSR row gather, which needs one size).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import DeviceMatrix
+from .errors import TrainingError
+from .module import SCARKIDSModule
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("loss", "reconstruction", "vae_kl", "diffusion_kl", "classification", "elbo", "accuracy")
+
+
+@dataclass
+class TrainingData:
+    """Device-resident tensors for one training run."""
+
+    X: DeviceMatrix
+    batch: torch.Tensor  # (n,) long
+    labels: torch.Tensor  # (n,) long, -1 = unlabelled
+    train_index: torch.Tensor  # (n_train,) long
+    val_index: torch.Tensor  # (n_val,) long, may be empty
+    label_mode: str = "mixed"
+
+
+@dataclass
+class TrainingSettings:
+    max_epochs: int = 100
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-6
+    grad_clip_norm: float | None = 10.0
+    kl_warmup_epochs: int = 0
+    lr_warmup_epochs: int = 0
+    lr_scheduler: str | None = None
+    classification_weight: float = 50.0
+    early_stopping: bool = True
+    early_stopping_patience: int = 20
+    nan_retries: int = 2
+    #: unsupervised only: after this many epochs the latent means are clustered with
+    #: k-means and, for ``cluster_pretrain_epochs`` epochs, those clusters act as labels, so
+    #: that q(c|z0) and p(z0|c) agree on a partition before c is treated as latent again
+    #: (otherwise q(c|z0) tends to stay uniform). ``None`` disables it.
+    cluster_init_epoch: int | None | str = "auto"
+    cluster_pretrain_epochs: int = 10
+    seed: int = 0
+    progress_bar: bool = True
+    #: name shown in the progress bar and log lines
+    name: str = "scARKIDS"
+
+
+@dataclass
+class TrainingState:
+    """Everything needed to continue a run exactly where an epoch ended."""
+
+    epoch: int = 0  # completed epochs
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_loss: float = math.inf
+    best_epoch: int = -1
+    best_state: dict | None = None
+    epochs_since_best: int = 0
+    optimizer_state: dict | None = None
+    rng_state: dict | None = None
+    lr_scale: float = 1.0
+    stopped_early: bool = False
+    pseudo_labels: torch.Tensor | None = None
+    cluster_init_epoch: int | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainingState:
+        return cls(**d)
+
+
+EpochCallback = Callable[[TrainingState, dict[str, float], bool], None]
+
+
+def get_rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """Minibatch bounds; a trailing batch of one cell is dropped (BatchNorm needs two)."""
+    bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2:
+        bounds.pop()
+    return bounds
+
+
+class _Accumulator:
+    """Sums per-cell terms on the device; :meth:`read` syncs once."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(8, device=device, dtype=torch.float64)
+
+    def add(self, out, total_loss: torch.Tensor) -> None:
+        self.sums += torch.stack(
+            [
+                total_loss.detach().double(),
+                out.reconstruction.detach().sum().double(),
+                out.vae_kl.detach().sum().double(),
+                out.diffusion_kl.detach().sum().double(),
+                out.classification.detach().sum().double(),
+                out.n_labelled.double(),
+                out.n_correct.double(),
+                torch.tensor(
+                    float(out.reconstruction.shape[0]), device=self.sums.device, dtype=torch.float64
+                ),
+            ]
+        )
+
+    def read(self, classification_weight: float) -> dict[str, float]:
+        loss_sum, rec, kl, dkl, clf, n_lab, n_cor, n = self.sums.tolist()
+        n = max(n, 1.0)
+        out = {
+            "reconstruction": rec / n,
+            "vae_kl": kl / n,
+            "diffusion_kl": dkl / n,
+            "classification": clf / max(n_lab, 1.0),
+            "elbo": -(rec + kl) / n,
+            "accuracy": n_cor / n_lab if n_lab > 0 else float("nan"),
+        }
+        out["loss"] = (rec + kl + classification_weight * clf) / n
+        out["_finite"] = math.isfinite(loss_sum)
+        return out
+
+
+@torch.no_grad()
+def evaluate_loss(
+    module: SCARKIDSModule,
+    data: TrainingData,
+    index: torch.Tensor,
+    settings: TrainingSettings,
+    *,
+    seed: int = 0,
+    chunk: int = 4096,
+) -> dict[str, float]:
+    """Validation terms with a fixed noise draw (the same every epoch, so epochs compare)."""
+    was_training = module.training
+    module.eval()
+    gen = torch.Generator(device=index.device).manual_seed(seed)
+    acc = _Accumulator(index.device)
+    for start, end in _batches(index.shape[0], chunk):
+        idx = index[start:end]
+        out = module.loss(
+            data.X.rows(idx),
+            data.batch[idx],
+            data.labels[idx],
+            label_mode=data.label_mode,
+            classification_weight=settings.classification_weight,
+            generator=gen,
+        )
+        acc.add(out, out.loss * idx.shape[0])
+    module.train(was_training)
+    return acc.read(settings.classification_weight)
+
+
+@torch.no_grad()
+def cluster_latent(
+    module: SCARKIDSModule, data: TrainingData, n_clusters: int, seed: int, chunk: int = 4096
+) -> torch.Tensor:
+    """k-means labels (n_cells,) of every cell's latent mean; -1 never occurs."""
+    from sklearn.cluster import KMeans
+
+    was_training = module.training
+    module.eval()
+    n = data.batch.shape[0]
+    index = torch.arange(n, device=data.batch.device)
+    z = torch.cat(
+        [
+            module.inference(data.X.rows(index[s:e]), data.batch[index[s:e]], sample=False)["z"]
+            for s, e in _batches(n, chunk)
+        ]
+    )
+    module.train(was_training)
+    km = KMeans(n_clusters=n_clusters, n_init=4, random_state=seed).fit(z.cpu().numpy())
+    return torch.as_tensor(km.labels_, dtype=torch.long, device=data.batch.device)
+
+
+def _lr_factor(settings: TrainingSettings, epoch: int) -> float:
+    if settings.lr_warmup_epochs and epoch < settings.lr_warmup_epochs:
+        return (epoch + 1) / settings.lr_warmup_epochs
+    e = epoch - settings.lr_warmup_epochs
+    span = max(settings.max_epochs - settings.lr_warmup_epochs, 1)
+    if settings.lr_scheduler == "cosine":
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(e / span, 1.0)))
+    if settings.lr_scheduler == "step":
+        return 0.1 ** (e // max(span // 3, 1))
+    return 1.0
+
+
+def train_module(
+    module: SCARKIDSModule,
+    data: TrainingData,
+    settings: TrainingSettings,
+    *,
+    state: TrainingState | None = None,
+    trainable: list[torch.nn.Parameter] | None = None,
+    grad_masks: dict[torch.nn.Parameter, torch.Tensor] | None = None,
+    on_epoch_end: EpochCallback | None = None,
+) -> TrainingState:
+    """Train ``module`` in place and return the final :class:`TrainingState`.
+
+    ``state`` resumes a run (optimizer moments, RNG, history, early-stopping counters).
+    ``trainable`` restricts the optimised parameters; ``grad_masks`` zeroes the gradient of
+    parameter entries (scArches-style: only new batch rows learn). ``on_epoch_end(state,
+    metrics, is_best)`` is called after every epoch (checkpointing, logging).
+    The module ends with the weights of the best validation epoch.
+    """
+    state = state or TrainingState()
+    # Subnormal floats (from zero-initialised layers and Adam moments) slow CPU kernels
+    # by more than an order of magnitude; flushing them changes no result that matters.
+    torch.set_flush_denormal(True)
+    params = (
+        trainable if trainable is not None else [p for p in module.parameters() if p.requires_grad]
+    )
+    optimizer = torch.optim.AdamW(
+        params, lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    if state.optimizer_state is not None:
+        optimizer.load_state_dict(state.optimizer_state)
+    if state.rng_state is not None:
+        set_rng_state(state.rng_state)
+    has_val = data.val_index.numel() > 0
+    n_train = data.train_index.shape[0]
+    bounds = _batches(n_train, settings.batch_size)
+    retries = settings.nan_retries
+
+    bar = tqdm(
+        total=settings.max_epochs,
+        initial=state.epoch,
+        desc=settings.name,
+        unit="epoch",
+        disable=not settings.progress_bar,
+        dynamic_ncols=True,
+    )
+    module.train()
+    while state.epoch < settings.max_epochs and not state.stopped_early:
+        epoch = state.epoch
+        for group in optimizer.param_groups:
+            group["lr"] = settings.learning_rate * state.lr_scale * _lr_factor(settings, epoch)
+        kl_weight = (
+            min(1.0, (epoch + 1) / settings.kl_warmup_epochs) if settings.kl_warmup_epochs else 1.0
+        )
+        labels, label_mode = data.labels, data.label_mode
+        init = settings.cluster_init_epoch
+        if init == "auto":  # once the latent has had ~600 steps to organise
+            init = int(min(max(math.ceil(600 / len(bounds)), 3), settings.max_epochs // 4))
+        if data.label_mode == "unlabelled" and init is not None:
+            if epoch == init and state.pseudo_labels is None:
+                state.pseudo_labels = cluster_latent(module, data, module.n_labels, settings.seed)
+                state.cluster_init_epoch = epoch
+            if state.pseudo_labels is not None and epoch < init + settings.cluster_pretrain_epochs:
+                labels, label_mode = state.pseudo_labels.to(labels.device), "labelled"
+        perm = data.train_index[torch.randperm(n_train, device=data.train_index.device)]
+        acc = _Accumulator(perm.device)
+        for start, end in bounds:
+            idx = perm[start:end]
+            out = module.loss(
+                data.X.rows(idx),
+                data.batch[idx],
+                labels[idx],
+                label_mode=label_mode,
+                kl_weight=kl_weight,
+                classification_weight=settings.classification_weight,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if grad_masks:
+                for p, mask in grad_masks.items():
+                    if p.grad is not None:
+                        p.grad.mul_(mask)
+            if settings.grad_clip_norm:
+                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip_norm)
+            optimizer.step()
+            acc.add(out, out.loss * (end - start))
+        train_metrics = acc.read(settings.classification_weight)
+        metrics = {f"train_{k}": v for k, v in train_metrics.items() if not k.startswith("_")}
+        finite = train_metrics["_finite"]
+        if has_val:
+            val = evaluate_loss(module, data, data.val_index, settings)
+            finite = finite and val["_finite"]
+            metrics.update({f"val_{k}": v for k, v in val.items() if not k.startswith("_")})
+        if not finite:
+            if retries <= 0 or state.best_state is None:
+                bar.close()
+                raise TrainingError(
+                    f"{settings.name}: the loss became NaN/inf at epoch {epoch + 1}; lower "
+                    "training.learning_rate or check the input counts"
+                )
+            retries -= 1
+            state.lr_scale *= 0.5
+            logger.warning(
+                "%s: non-finite loss at epoch %d; restarting from the best epoch with lr x%.3g",
+                settings.name,
+                epoch + 1,
+                state.lr_scale,
+            )
+            module.load_state_dict(state.best_state)
+            optimizer = torch.optim.AdamW(
+                params,
+                lr=settings.learning_rate * state.lr_scale,
+                weight_decay=settings.weight_decay,
+            )
+            continue
+        metrics["learning_rate"] = optimizer.param_groups[0]["lr"]
+        metrics["kl_weight"] = kl_weight
+        monitored = metrics["val_loss"] if has_val else metrics["train_loss"]
+        for k, v in metrics.items():
+            state.history.setdefault(k, []).append(v)
+        state.epoch = epoch + 1
+        is_best = monitored < state.best_loss
+        if is_best:
+            state.best_loss, state.best_epoch, state.epochs_since_best = monitored, epoch, 0
+            state.best_state = copy.deepcopy(module.state_dict())
+        else:
+            state.epochs_since_best += 1
+        past_warmup = state.epoch >= settings.kl_warmup_epochs
+        if data.label_mode == "unlabelled" and settings.cluster_init_epoch is not None:
+            past_warmup = (
+                past_warmup
+                and state.cluster_init_epoch is not None
+                and (state.epoch >= state.cluster_init_epoch + settings.cluster_pretrain_epochs)
+            )
+        if (
+            settings.early_stopping
+            and past_warmup
+            and state.epochs_since_best >= settings.early_stopping_patience
+        ):
+            state.stopped_early = True
+        state.optimizer_state = optimizer.state_dict()
+        state.rng_state = get_rng_state()
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{metrics['train_loss']:.1f}",
+            **({"val": f"{metrics['val_loss']:.1f}"} if has_val else {}),
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(state, metrics, is_best)
+    bar.close()
+    if state.best_state is not None:
+        module.load_state_dict(state.best_state)
+    module.eval()
+    return state
