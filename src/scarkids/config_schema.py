@@ -79,7 +79,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "encoder": {
         "hidden_dims": Key("int_list", [128], gt=0),
-        "input_transform": Key("enum", "log1p", choices=("log1p", "none")),
+        "input_transform": Key(
+            "enum", "normalize_log1p", choices=("normalize_log1p", "log1p", "none")
+        ),
         "use_batch": Key("bool", False),
         "dropout": INHERIT,
         "use_batch_norm": INHERIT,

@@ -557,7 +557,7 @@ class SCARKIDS:
             "format": checkpoint.FORMAT,
             "format_version": checkpoint.FORMAT_VERSION,
             "package_version": __version__,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             "init_params": {
                 **self.init_params,
                 "n_genes": len(self.registry.gene_names),

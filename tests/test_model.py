@@ -1,0 +1,168 @@
+"""The model's promises (issue: the scARKIDS model and its Python API)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scanpy as sc
+from helpers import random_expectation, same_label_fraction, shared_file
+from sklearn.metrics import adjusted_rand_score
+
+import scarkids
+from scarkids import SCARKIDS
+
+
+def strong_batch_data(seed: int = 1):
+    return scarkids.datasets.simulate(
+        2000, 500, n_batches=3, n_cell_types=5, batch_effect=0.4, library_shift=0.4, seed=seed
+    )
+
+
+@pytest.fixture(scope="module")
+def supervised_model():
+    adata = strong_batch_data()
+    SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
+    model = SCARKIDS(adata, seed=0)
+    model.train(100, progress_bar=False, seed=0)
+    return model
+
+
+def pca_of_counts(adata):
+    a = adata.copy()
+    sc.pp.normalize_total(a)
+    sc.pp.log1p(a)
+    sc.pp.pca(a, n_comps=20)
+    return a.obsm["X_pca"]
+
+
+def test_training_improves_validation_elbo(supervised_model):
+    elbo = supervised_model.history["val_elbo"]
+    assert elbo[-1] > elbo[0] + 50  # nats per cell
+    assert np.isfinite(elbo).all()
+
+
+def test_integration_on_simulated_strong_batch_effect(supervised_model):
+    adata = supervised_model.adata
+    raw = pca_of_counts(adata)
+    expected = random_expectation(adata.obs["batch"])
+    assert same_label_fraction(raw, adata.obs["batch"]) > 0.9  # the batch effect is strong
+    z = supervised_model.get_latent_representation()
+    assert z.shape == (adata.n_obs, 10) and z.dtype == np.float32
+    assert abs(same_label_fraction(z, adata.obs["batch"]) - expected) <= 0.1
+    assert same_label_fraction(z, adata.obs["cell_type"]) > 0.9
+
+
+def test_unsupervised_recovers_cell_types():
+    adata = strong_batch_data(seed=2)
+    SCARKIDS.setup_anndata(adata, batch_key="batch")
+    model = SCARKIDS(adata, n_labels=5, seed=0)
+    model.train(60, progress_bar=False, seed=0)
+    assert model.registry.labels_are_clusters
+    assert adjusted_rand_score(adata.obs["cell_type"], model.predict()) >= 0.8
+
+
+def test_semi_supervised_labels_hidden_cells():
+    adata = strong_batch_data(seed=3)
+    rng = np.random.default_rng(0)
+    hidden = rng.random(adata.n_obs) < 0.5
+    truth = adata.obs["cell_type"].astype(str).to_numpy()
+    adata.obs["partial"] = np.where(hidden, "Unknown", truth)
+    SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="partial")
+    model = SCARKIDS(adata, seed=0)
+    model.train(40, progress_bar=False, seed=0)
+    assert "Unknown" not in model.registry.label_categories
+    accuracy = (model.predict()[hidden] == truth[hidden]).mean()
+    assert accuracy >= 0.9
+
+
+def test_same_seed_same_losses_and_different_seed_differs():
+    adata = scarkids.datasets.simulate(400, 100, n_batches=2, n_cell_types=3, seed=5)
+    SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
+    runs = []
+    for seed in (7, 7, 8):
+        model = SCARKIDS(adata, seed=seed)
+        model.train(5, progress_bar=False, seed=seed)
+        runs.append(model.history["train_loss"])
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_save_load_gives_identical_latent(supervised_model, tmp_path):
+    path = supervised_model.save(tmp_path / "model")
+    assert path.name == "model.pt"
+    loaded = SCARKIDS.load(tmp_path / "model", supervised_model.adata)
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(), supervised_model.get_latent_representation()
+    )
+    assert loaded.registry == supervised_model.registry
+    np.testing.assert_array_equal(loaded.predict(), supervised_model.predict())
+
+
+def test_load_aligns_genes_by_name(supervised_model, tmp_path):
+    supervised_model.save(tmp_path / "m.pt")
+    adata = supervised_model.adata
+    shuffled = adata[:, np.random.default_rng(0).permutation(adata.n_vars)].copy()
+    loaded = SCARKIDS.load(tmp_path / "m.pt")
+    np.testing.assert_allclose(
+        loaded.get_latent_representation(shuffled),
+        supervised_model.get_latent_representation(),
+        atol=1e-5,
+    )
+
+
+def test_modes_switch_through_checkpoints(supervised_model, tmp_path):
+    supervised_model.save(tmp_path / "sup.pt")
+    adata = supervised_model.adata.copy()
+    del adata.uns["_scarkids_setup"]
+    SCARKIDS.setup_anndata(adata, batch_key="batch")  # no labels: unsupervised session
+    model = SCARKIDS.load(tmp_path / "sup.pt", adata)
+    model.train(3, progress_bar=False)
+    assert len(model.history["train_loss"]) == 3
+    # predictions keep the names learnt in the supervised session
+    assert set(model.predict()) <= set(supervised_model.registry.label_categories)
+    model.save(tmp_path / "unsup.pt")
+
+    SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
+    again = SCARKIDS.load(tmp_path / "unsup.pt", adata)
+    again.train(3, progress_bar=False)
+    assert again.history["train_accuracy"][-1] > 0.9
+
+    unsup = SCARKIDS(adata.copy(), n_labels=5)
+    SCARKIDS.setup_anndata(unsup.adata, batch_key="batch")
+    unsup = SCARKIDS(unsup.adata, n_labels=5)
+    unsup.train(2, progress_bar=False)
+    unsup.save(tmp_path / "u.pt")
+    sup = SCARKIDS.load(tmp_path / "u.pt", adata)
+    sup.train(3, progress_bar=False)
+    assert not sup.registry.labels_are_clusters
+    assert set(adata.obs["cell_type"].astype(str)) <= set(sup.registry.label_categories)
+
+
+def test_corrected_expression_and_predictions(supervised_model):
+    adata = supervised_model.adata
+    expr = supervised_model.get_normalized_expression(transform_batch="batch_0", library_size=1e4)
+    assert expr.shape == (adata.n_obs, adata.n_vars)
+    np.testing.assert_allclose(expr.sum(1), 1e4, rtol=1e-3)
+    own = supervised_model.get_normalized_expression(return_numpy=True)
+    assert not np.allclose(own, expr.to_numpy())
+    table = supervised_model.predict_with_uncertainty(confidence_threshold=0.5)
+    assert list(table.columns) == ["predicted_label", "top_label", "probability", "entropy"]
+    assert (table["probability"] <= 1).all() and (table["entropy"] >= 0).all()
+    with pytest.raises(scarkids.InputDataError, match="not a batch"):
+        supervised_model.get_normalized_expression(transform_batch="nope")
+
+
+def test_refinement_is_seeded(supervised_model):
+    a = supervised_model.refine_latent(n_steps=10, seed=1)
+    b = supervised_model.refine_latent(n_steps=10, seed=1)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (supervised_model.adata.n_obs, 10) and np.isfinite(a).all()
+
+
+def test_training_improves_validation_elbo_on_pbmc():
+    adata = sc.read_h5ad(shared_file("pbmc_3chem_symphony.h5ad"))
+    SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
+    model = SCARKIDS(adata, seed=0)
+    model.train(25, progress_bar=False, seed=0)
+    elbo = model.history["val_elbo"]
+    assert max(elbo[-5:]) > elbo[0] + 20
