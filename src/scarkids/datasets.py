@@ -21,6 +21,7 @@ def simulate(
     library_shift: float = 0.4,
     dispersion: float = 5.0,
     seed: int = 0,
+    chunk_size: int = 20_000,
 ) -> ad.AnnData:
     """Simulate raw counts with cell-type programmes and batch effects.
 
@@ -51,13 +52,18 @@ def simulate(
     u = rng.random(n_cells)[:, None]
     cell_type = (u > np.cumsum(proportions[batch], axis=1)).sum(1).clip(max=n_cell_types - 1)
 
-    log_rate = base[None, :] + programmes[cell_type] + batch_factors[batch]
-    rho = np.exp(log_rate - log_rate.max(1, keepdims=True))
-    rho /= rho.sum(1, keepdims=True)
     lib = library_size * batch_library[batch] * np.exp(rng.normal(0.0, 0.25, n_cells))
-    mu = rho * lib[:, None]
-    gamma = rng.gamma(dispersion, mu / dispersion)  # NB as a gamma-Poisson mixture
-    counts = rng.poisson(gamma).astype(np.float32)
+    # cells are drawn in chunks so that a million cells never need a dense matrix
+    chunks = []
+    for start in range(0, n_cells, chunk_size):
+        sl = slice(start, min(start + chunk_size, n_cells))
+        log_rate = base[None, :] + programmes[cell_type[sl]] + batch_factors[batch[sl]]
+        rho = np.exp(log_rate - log_rate.max(1, keepdims=True))
+        rho /= rho.sum(1, keepdims=True)
+        mu = rho * lib[sl, None]
+        gamma = rng.gamma(dispersion, mu / dispersion)  # NB as a gamma-Poisson mixture
+        chunks.append(sp.csr_matrix(rng.poisson(gamma).astype(np.float32)))
+    counts = sp.vstack(chunks).tocsr() if len(chunks) > 1 else chunks[0]
 
     obs = pd.DataFrame(
         {
@@ -68,8 +74,8 @@ def simulate(
                 [f"type_{c}" for c in cell_type], [f"type_{c}" for c in range(n_cell_types)]
             ),
         },
-        index=[f"cell_{i}" for i in range(n_cells)],
+        index=pd.Index([f"cell_{i}" for i in range(n_cells)]),
     )
-    obs["library_size"] = counts.sum(1)
+    obs["library_size"] = np.asarray(counts.sum(1)).ravel()
     var = pd.DataFrame(index=[f"gene_{g}" for g in range(n_genes)])
-    return ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
+    return ad.AnnData(X=counts, obs=obs, var=var)

@@ -352,22 +352,40 @@ class SCARKIDS:
         new_batches = len(self.registry.batch_categories) > n_batches_before
         if freeze == "none" or not self.is_trained or not new_batches:
             return None, None
+        decoder = self.module.decoder
+        per_batch = [decoder.batch_gene_offset.weight]
+        for body in (self.module.encoder.body, decoder.body):
+            if body.batch_embedding is not None:
+                per_batch.append(body.batch_embedding.weight)
+        if decoder.dispersion == "gene-batch":
+            per_batch.append(decoder.log_theta)
         masks: dict[torch.nn.Parameter, torch.Tensor] = {}
-        trainable = []
-        for body in (self.module.encoder.body, self.module.decoder.body):
-            emb = body.batch_embedding
-            if emb is not None:
-                mask = torch.zeros_like(emb.weight)
-                mask[n_batches_before:] = 1.0
-                masks[emb.weight] = mask
-                trainable.append(emb.weight)
-        if self.module.decoder.dispersion == "gene-batch":
-            theta = self.module.decoder.log_theta
-            mask = torch.zeros_like(theta)
-            mask[n_batches_before:] = 1.0
-            masks[theta] = mask
-            trainable.append(theta)
-        return trainable, masks
+        for param in per_batch:
+            mask = torch.zeros_like(param)
+            mask[n_batches_before:] = 1.0  # rows of the new batches learn, the others stay
+            masks[param] = mask
+        return per_batch, masks
+
+    @classmethod
+    def load_query_data(
+        cls,
+        adata_query,
+        reference: SCARKIDS | str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+    ) -> SCARKIDS:
+        """A copy of a trained reference model (object or checkpoint) set to map ``adata_query``.
+
+        Then ``model.train(supervised=False)`` learns the query's new batches only (the default
+        ``freeze="new_batches"``: the reference embedding does not move) and
+        ``model.predict()`` transfers the reference labels.
+        """
+        if isinstance(reference, SCARKIDS):
+            model = cls.from_payload(reference.state_payload(), adata_query, device=device)
+        else:
+            model = cls.load(reference, adata_query, device=device)
+        model.adata = adata_query
+        return model
 
     # --------------------------------------------------------------- outputs
     @torch.no_grad()

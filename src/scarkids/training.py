@@ -239,9 +239,18 @@ def train_module(
     params = (
         trainable if trainable is not None else [p for p in module.parameters() if p.requires_grad]
     )
-    optimizer = torch.optim.AdamW(
-        params, lr=settings.learning_rate, weight_decay=settings.weight_decay
-    )
+    masked = {id(p) for p in (grad_masks or {})}
+    # decoupled weight decay would shrink the frozen rows of a masked parameter: none there
+    groups = [
+        {"params": [p for p in params if id(p) not in masked]},
+        {"params": [p for p in params if id(p) in masked], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+
+    def make_optimizer(lr: float) -> torch.optim.AdamW:
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=settings.weight_decay)
+
+    optimizer = make_optimizer(settings.learning_rate)
     if state.optimizer_state is not None:
         optimizer.load_state_dict(state.optimizer_state)
     if state.rng_state is not None:
@@ -322,11 +331,7 @@ def train_module(
                 state.lr_scale,
             )
             module.load_state_dict(state.best_state)
-            optimizer = torch.optim.AdamW(
-                params,
-                lr=settings.learning_rate * state.lr_scale,
-                weight_decay=settings.weight_decay,
-            )
+            optimizer = make_optimizer(settings.learning_rate * state.lr_scale)
             continue
         metrics["learning_rate"] = optimizer.param_groups[0]["lr"]
         metrics["kl_weight"] = kl_weight
