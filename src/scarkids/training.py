@@ -51,6 +51,8 @@ class TrainingSettings:
     early_stopping: bool = True
     early_stopping_patience: int = 20
     nan_retries: int = 2
+    #: end with the weights of the best validation epoch (else those of the last epoch)
+    restore_best: bool = True
     #: unsupervised only: after this many epochs the latent means are clustered with
     #: k-means and, for ``cluster_pretrain_epochs`` epochs, those clusters act as labels, so
     #: that q(c|z0) and p(z0|c) agree on a partition before c is treated as latent again
@@ -368,7 +370,7 @@ def train_module(
         if on_epoch_end is not None:
             on_epoch_end(state, metrics, is_best)
     bar.close()
-    if state.best_state is not None:
+    if settings.restore_best and state.best_state is not None:
         module.load_state_dict(state.best_state)
     module.eval()
     return state

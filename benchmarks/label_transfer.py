@@ -1,0 +1,136 @@
+"""Label transfer to unseen batches: scARKIDS reference mapping vs scANVI (scArches), same splits.
+
+    python benchmarks/label_transfer.py [--datasets cellbench,kang] [--quick]
+
+cellbench: leave-one-batch-out over the batches whose cell types all occur in the reference
+(the reference is the other four batches). kang: reference = ctrl, query = stim.
+Both methods get the same HVGs (2000 seurat_v3 on the reference), the same reference cells
+with labels and the same query cells without labels. Reports accuracy and macro-F1 on the
+query cells and writes benchmarks/results/label_transfer.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def hvg_split(adata, is_query):
+    adata.X = adata.X.astype(np.float32)
+    ref = adata[~is_query].copy()
+    sc.pp.highly_variable_genes(ref, flavor="seurat_v3", n_top_genes=2000, batch_key="batch")
+    genes = ref.var_names[ref.var["highly_variable"]]
+    return adata[~is_query, genes].copy(), adata[is_query, genes].copy()
+
+
+def run_scarkids(ref, query, epochs, seed):
+    from scarkids import SCARKIDS
+
+    SCARKIDS.setup_anndata(ref, batch_key="batch", labels_key="cell_type")
+    model = SCARKIDS(ref, seed=seed)
+    model.train(epochs, progress_bar=False, seed=seed)
+    q = query.copy()
+    SCARKIDS.setup_anndata(q, batch_key="batch")
+    mapped = SCARKIDS.load_query_data(q, model)
+    mapped.train(epochs and max(epochs // 4, 5), progress_bar=False, seed=seed)
+    return mapped.predict(q)
+
+
+def run_scanvi(ref, query, epochs, seed):
+    import scvi
+
+    scvi.settings.seed = seed
+    ref = ref.copy()
+    scvi.model.SCVI.setup_anndata(ref, batch_key="batch", labels_key="cell_type")
+    vae = scvi.model.SCVI(ref)
+    vae.train(max_epochs=epochs, enable_progress_bar=False)
+    lvae = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="Unknown")
+    lvae.train(
+        max_epochs=20 if epochs is None else max(epochs // 10, 2),
+        n_samples_per_label=100,
+        enable_progress_bar=False,
+    )
+    q = query.copy()
+    q.obs["cell_type"] = "Unknown"
+    scvi.model.SCANVI.prepare_query_anndata(q, lvae)
+    qm = scvi.model.SCANVI.load_query_data(q, lvae)
+    qm.train(
+        max_epochs=100 if epochs is None else max(epochs // 4, 5),
+        plan_kwargs={"weight_decay": 0.0},
+        enable_progress_bar=False,
+    )
+    return qm.predict(q)
+
+
+def splits(name):
+    if name == "cellbench":
+        adata = sc.read_h5ad(DATA / "cellbench_5batch.h5ad")
+        for held in adata.obs["batch"].cat.categories:
+            is_query = (adata.obs["batch"] == held).to_numpy()
+            ref_types = set(adata.obs["cell_type"][~is_query])
+            if set(adata.obs["cell_type"][is_query]) <= ref_types:
+                yield f"cellbench: {held}", adata, is_query
+    elif name == "kang":
+        adata = sc.read_h5ad(DATA / "kang_ifnb_labeled.h5ad")
+        yield "kang: ctrl -> stim", adata, (adata.obs["batch"] == "stim").to_numpy()
+
+
+def main():
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--datasets", default="cellbench,kang")
+    p.add_argument("--quick", action="store_true", help="few epochs, to check the script runs")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    if not DATA.exists():
+        print(f"{DATA} not found: the shared datasets are needed; nothing to do")
+        return
+    torch.set_num_threads(2)
+    epochs = 10 if args.quick else None
+    rows = []
+    for name in args.datasets.split(","):
+        for split, adata, is_query in splits(name):
+            ref, query = hvg_split(adata, is_query)
+            truth = query.obs["cell_type"].astype(str).to_numpy()
+            for method, fn in (("scARKIDS", run_scarkids), ("scANVI", run_scanvi)):
+                t = time.perf_counter()
+                pred = np.asarray(fn(ref, query, epochs, args.seed)).astype(str)
+                rows.append(
+                    {
+                        "split": split,
+                        "method": method,
+                        "accuracy": accuracy_score(truth, pred),
+                        "macro_f1": f1_score(truth, pred, average="macro"),
+                        "query cells": len(truth),
+                        "time s": time.perf_counter() - t,
+                    }
+                )
+                print(rows[-1], flush=True)
+    table = pd.DataFrame(rows)
+    means = (
+        table[table["split"].str.startswith("cellbench")]
+        .groupby("method")[["accuracy", "macro_f1"]]
+        .mean()
+    )
+    text = table.to_markdown(index=False, floatfmt=".3f")
+    if len(means):
+        text += "\n\nMean over cellbench held-out batches:\n\n" + means.to_markdown(floatfmt=".3f")
+    cmd = "python benchmarks/label_transfer.py" + (" --quick" if args.quick else "")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "label_transfer.md").write_text(f"Command: `{cmd}` (2 CPU cores)\n\n{text}\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

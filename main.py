@@ -1,0 +1,3 @@
+from scarkids.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,331 @@
+"""The ``scarkids`` command line (and ``python main.py --mode ...``, the seed's form).
+
+    scarkids train      --config config.yaml [--seed N] [--fresh]
+    scarkids infer      --config config.yaml [--checkpoint P] [--data_path P] [--output_dir D]
+    scarkids sequential --config examples/sequential.yaml
+    scarkids demo | simulate | evaluate
+
+Any :class:`~scarkids.errors.ScarkidsError` becomes one line ``error: <message>`` on stderr
+and exit code 2 (with the traceback too under ``--debug``); Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+import warnings
+
+from . import __version__
+from .errors import InputDataError, ScarkidsError
+
+log = logging.getLogger("scarkids.run")
+
+MODES = ("train", "inference", "sequential")
+_SEED_ONLY = ("checkpoint", "data_path", "output_dir")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    argv = _translate_mode(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error argparse already reported
+        return e.code if isinstance(e.code, int) else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    from .pipeline import console_logging
+
+    with console_logging(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.showwarning = _log_warning
+        try:
+            return args.run(args) or 0
+        except KeyboardInterrupt as e:
+            message = getattr(e, "message", None) or "interrupted"
+            print(message, file=sys.stderr)
+            return 130
+        except ScarkidsError as e:
+            if args.debug:
+                traceback.print_exc()
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        except MissingExtraError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+
+class MissingExtraError(Exception):
+    """An optional dependency is not installed; the message is the install hint."""
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    log.warning("%s", message)
+
+
+def _translate_mode(argv: list[str]) -> list[str]:
+    """``--mode train --config C`` (the seed's form) -> ``train --config C``."""
+    for i, arg in enumerate(argv):
+        if arg == "--mode" and i + 1 < len(argv):
+            return [argv[i + 1], *argv[:i], *argv[i + 2 :]]
+        if arg.startswith("--mode="):
+            return [arg.split("=", 1)[1], *argv[:i], *argv[i + 1 :]]
+    return argv
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scarkids",
+        description="scARKIDS: single-cell RNA-seq integration with a VAE and a latent "
+        "diffusion prior. Also callable as: python main.py --mode train|inference|sequential.",
+    )
+    parser.add_argument("--version", action="version", version=f"scarkids {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    common = argparse.ArgumentParser(add_help=False, parents=[debug])
+    common.add_argument(
+        "--config", default="config.yaml", help="config file (default: %(default)s)"
+    )
+    common.add_argument("--seed", type=int, help="random seed (overrides training.seed)")
+    common.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help="overrides training.device and inference.device",
+    )
+    io = argparse.ArgumentParser(add_help=False)
+    io.add_argument(
+        "--checkpoint", help="model checkpoint (default: <checkpoint_dir>/best_model.pt)"
+    )
+    io.add_argument(
+        "--data_path", "--data-path", help="data to embed (default: data.test_data_path)"
+    )
+    io.add_argument(
+        "--output_dir", "--output-dir", help="output folder (default: inference.output_dir)"
+    )
+    seed_only = argparse.ArgumentParser(add_help=False)
+    for name in _SEED_ONLY:  # accepted (and ignored) so seed-style scripts keep working
+        seed_only.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    fresh = argparse.ArgumentParser(add_help=False)
+    fresh.add_argument("--fresh", action="store_true", help="ignore an existing last.pt")
+
+    p = sub.add_parser(
+        "train",
+        parents=[common, fresh, seed_only],
+        help="train a model (resumes from <checkpoint_dir>/last.pt when it matches)",
+        description="Train on data.train_data_path; writes best_model.pt and last.pt to "
+        "training.checkpoint_dir and one line per epoch to <log_dir>/training.log. Running the "
+        "same command again resumes an interrupted run.",
+    )
+    p.set_defaults(run=_cmd_train)
+    p = sub.add_parser(
+        "infer",
+        aliases=["inference"],
+        parents=[common, io],
+        help="embed, batch-correct and annotate cells with a trained model",
+        description="Writes latent_embeddings.npy, corrected_expression.h5ad, "
+        "cell_type_predictions.csv and run_info.json to the output folder.",
+    )
+    p.set_defaults(run=_cmd_infer)
+    p = sub.add_parser(
+        "sequential",
+        parents=[common, fresh, seed_only],
+        help="train the sessions of training.sessions in order (transfer learning)",
+        description="Each session starts from the previous session's output_checkpoint.",
+    )
+    p.set_defaults(run=_cmd_sequential)
+
+    p = sub.add_parser(
+        "demo",
+        parents=[debug],
+        help="simulate data, train, run inference and draw a UMAP (a few minutes on a CPU)",
+    )
+    p.add_argument(
+        "--output_dir", "--output-dir", default="demo_output", help="default: %(default)s"
+    )
+    p.add_argument("--n_cells", "--n-cells", type=int, default=3000, help="default: %(default)s")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--fresh", action="store_true", help="ignore a previous demo's last.pt")
+    p.set_defaults(run=_cmd_demo)
+
+    p = sub.add_parser(
+        "simulate", parents=[debug], help="write a simulated dataset with batch effects (.h5ad)"
+    )
+    p.add_argument("--output", required=True, help="the .h5ad file to write")
+    p.add_argument("--n_cells", "--n-cells", type=int, default=3000)
+    p.add_argument("--n_genes", "--n-genes", type=int, default=1000)
+    p.add_argument("--n_batches", "--n-batches", type=int, default=3)
+    p.add_argument("--n_cell_types", "--n-cell-types", type=int, default=5)
+    p.add_argument("--batch_effect", "--batch-effect", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_cmd_simulate)
+
+    p = sub.add_parser(
+        "evaluate",
+        parents=[debug],
+        help="scIB metrics of an embedding (needs: pip install 'scarkids[eval]')",
+    )
+    p.add_argument("--data", required=True, help=".h5ad with batch and cell-type columns")
+    p.add_argument("--embedding", required=True, help="a .npy file (rows = cells) or an obsm key")
+    p.add_argument("--batch_key", "--batch-key", default="batch")
+    p.add_argument("--labels_key", "--labels-key", default="cell_type")
+    p.add_argument("--prediction_key", "--prediction-key", help="obs column of predicted labels")
+    p.add_argument("--output_dir", "--output-dir", default="evaluation")
+    p.add_argument("--subsample", type=int, help="evaluate at most this many cells")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_cmd_evaluate)
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _config(args) -> dict:
+    from .pipeline import read_config
+
+    overrides = {}
+    if args.seed is not None:
+        overrides["training.seed"] = args.seed
+    if args.device is not None:
+        overrides["training.device"] = overrides["inference.device"] = args.device
+    return read_config(args.config, overrides)
+
+
+def _ignored_seed_flags(args) -> None:
+    for name in _SEED_ONLY:
+        if getattr(args, name, None) is not None:
+            log.warning("--%s is used by --mode inference only; ignored", name)
+
+
+def _cmd_train(args) -> int:
+    from .pipeline_train import run_train
+
+    _ignored_seed_flags(args)
+    cfg = _config(args)
+    result = run_train(cfg, config_path=args.config, fresh=args.fresh)
+    log.info("Best model: %s | log: %s/training.log", result["output"], cfg["training"]["log_dir"])
+    return 0
+
+
+def _cmd_sequential(args) -> int:
+    from .pipeline_train import run_sequential
+
+    _ignored_seed_flags(args)
+    run_sequential(_config(args), config_path=args.config, fresh=args.fresh)
+    return 0
+
+
+def _cmd_infer(args) -> int:
+    from .pipeline_infer import run_inference
+
+    run_inference(
+        _config(args),
+        config_path=args.config,
+        checkpoint=args.checkpoint,
+        data_path=args.data_path,
+        output_dir=args.output_dir,
+    )
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    paths = run_demo(
+        args.output_dir,
+        n_cells=args.n_cells,
+        epochs=args.epochs,
+        seed=args.seed,
+        device=args.device,
+        fresh=args.fresh,
+    )
+    print("\nDemo outputs:")
+    for name, path in paths.items():
+        print(f"  {name:<10} {path}")
+    return 0
+
+
+def _cmd_simulate(args) -> int:
+    from .datasets import simulate
+    from .pipeline import write_h5ad
+
+    for name in ("n_cells", "n_genes", "n_batches", "n_cell_types"):
+        if getattr(args, name) < 1:
+            raise InputDataError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    adata = simulate(
+        args.n_cells,
+        args.n_genes,
+        n_batches=args.n_batches,
+        n_cell_types=args.n_cell_types,
+        batch_effect=args.batch_effect,
+        seed=args.seed,
+    )
+    path = write_h5ad(args.output, adata)
+    print(f"Wrote {path}: {adata.n_obs} cells x {adata.n_vars} genes, obs 'batch' and 'cell_type'")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from .evaluation import evaluate, write_evaluation
+    from .preprocessing import read_h5ad
+
+    adata = read_h5ad(args.data)
+    key = args.embedding
+    if key.endswith(".npy"):
+        if not Path(key).exists():
+            raise InputDataError(f"{key}: embedding file not found")
+        emb = np.load(key)
+        if emb.ndim != 2 or emb.shape[0] != adata.n_obs:
+            raise InputDataError(
+                f"{key}: embedding has shape {emb.shape}, expected one row per cell of "
+                f"{args.data} ({adata.n_obs} cells)"
+            )
+        key = Path(key).stem
+        adata.obsm[key] = emb
+    elif key not in adata.obsm:
+        raise InputDataError(
+            f"--embedding {key!r}: neither a .npy file nor an obsm key of {args.data} "
+            f"(obsm keys: {', '.join(adata.obsm.keys()) or 'none'})"
+        )
+    try:
+        table = evaluate(
+            adata,
+            embedding_key=key,
+            batch_key=args.batch_key,
+            labels_key=args.labels_key,
+            prediction_key=args.prediction_key,
+            subsample=args.subsample,
+            seed=args.seed,
+        )
+    except ImportError as e:
+        raise MissingExtraError(str(e)) from None
+    written = write_evaluation(
+        table,
+        args.output_dir,
+        adata=adata,
+        embedding_key=key,
+        batch_key=args.batch_key,
+        labels_key=args.labels_key,
+        seed=args.seed,
+    )
+    print(table.T.to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"Wrote {', '.join(str(p) for p in written)}")
+    return 0

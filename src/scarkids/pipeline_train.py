@@ -1,0 +1,363 @@
+"""``--mode train`` and ``--mode sequential``: data, model, training, checkpoints and logs.
+
+One function, :func:`train_session`, runs a training session from a resolved config; a plain
+``train`` run is one session and ``sequential`` runs the config's session list in order, each
+exactly like a ``sessK.yaml`` run. Every epoch writes ``last.pt`` (with the optimizer and RNG
+state) so an interrupted run continues where it stopped when the same command is run again.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import checkpoint
+from .config import config_hash, session_list
+from .errors import CheckpointError, ConfigError
+from .pipeline import (
+    file_logging,
+    module_kwargs,
+    require,
+    training_hash,
+    versions,
+)
+from .preprocessing import (
+    categories,
+    check_categories,
+    fingerprint,
+    read_training_file,
+    read_validation_file,
+)
+from .run_log import epoch_line, log_validation_metrics
+
+log = logging.getLogger("scarkids.run")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; ``message`` says where the last completed epoch is."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def run_train(cfg: dict, *, config_path: str, fresh: bool = False, name: str | None = None) -> dict:
+    """``--mode train``: one session (named after the config file), logged to training.log."""
+    name = name or Path(config_path).stem
+    with file_logging(cfg["training"]["log_dir"]):
+        return train_session(cfg, name=name, config_path=config_path, fresh=fresh)
+
+
+def run_sequential(cfg: dict, *, config_path: str, fresh: bool = False) -> list[dict]:
+    """``--mode sequential``: every session of ``training.sessions`` in order."""
+    sessions = session_list(cfg, source=config_path)
+    results = []
+    with file_logging(cfg["training"]["log_dir"]):
+        for k, session in enumerate(sessions, 1):
+            scfg = session_config(cfg, session)
+            results.append(
+                train_session(
+                    scfg,
+                    name=session["name"],
+                    config_path=config_path,
+                    fresh=fresh,
+                    banner=f"Session {k}/{len(sessions)}: {session['name']}",
+                )
+            )
+        log.info("Sequential training done: %s", ", ".join(r["output"] for r in results))
+    return results
+
+
+def session_config(cfg: Mapping[str, Any], session: Mapping[str, Any]) -> dict:
+    """The config of one session: the global config with the session's keys applied.
+
+    Each session keeps ``last.pt`` and ``best_model.pt`` in ``<checkpoint_dir>/<name>/``.
+    """
+    out = copy.deepcopy(dict(cfg))
+    out["data"]["train_data_path"] = session["data_path"]
+    out["data"]["val_data_path"] = session["val_data_path"]
+    out["global"]["supervised"] = session["supervised"]
+    training = out["training"]
+    for key in ("n_epochs", "learning_rate", "freeze", "resume_from", "output_checkpoint"):
+        training[key] = session[key]
+    training["checkpoint_dir"] = os.path.join(training["checkpoint_dir"], session["name"])
+    training["sessions"] = None
+    return out
+
+
+def train_session(
+    cfg: dict,
+    *,
+    name: str,
+    config_path: str,
+    fresh: bool = False,
+    banner: str | None = None,
+) -> dict:
+    """Train one session from the resolved config ``cfg``; returns a summary dict."""
+    from .model import SCARKIDS, default_max_epochs, resolve_device
+
+    glob, data, tr = cfg["global"], cfg["data"], cfg["training"]
+    seed, supervised = tr["seed"], glob["supervised"]
+    device = resolve_device(tr["device"])
+    train_path = require(cfg, "data.train_data_path", "for training")
+    ckpt_dir = Path(tr["checkpoint_dir"])
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best_model.pt"
+    scheduler = _scheduler(tr)
+    mode = "supervised" if supervised else "unsupervised"
+    if banner:
+        epochs = tr["n_epochs"] if tr["n_epochs"] else "auto (from the data size)"
+        log.info("%s (%s), %s epochs", banner, mode, epochs)
+
+    log.info(
+        "scARKIDS %s | session %s | config %s (hash %s) | seed %d | device %s",
+        versions()["scarkids"],
+        name,
+        config_path,
+        config_hash(cfg),
+        seed,
+        device,
+    )
+
+    base = None
+    if tr["resume_from"] is not None:
+        if not Path(tr["resume_from"]).exists():
+            raise ConfigError(
+                f"training.resume_from: {tr['resume_from']} not found; train the previous "
+                "session first or fix the path"
+            )
+        base = SCARKIDS.load(tr["resume_from"], device="cpu")
+
+    labels_key = data["cell_type_key"] if supervised else None
+    genes = base.registry.gene_names if base is not None else None
+    adata, n_file_genes = read_training_file(cfg, train_path, "train data file", labels_key, genes)
+    genes = list(adata.var_names) if genes is None else genes
+    val_adata = read_validation_file(cfg, labels_key, genes)
+    check_categories(cfg, adata, val_adata, base, labels_key, train_path)
+
+    fp = fingerprint(adata)
+    n_epochs = tr["n_epochs"] or default_max_epochs(adata.n_obs)
+    thash = training_hash(cfg)
+    if base is not None:  # a session resumes only on top of the same starting weights
+        thash = f"{thash}+{_weights_digest(base)}"
+    log.info(
+        "Train data: %s: %d cells x %d genes (%d in the file) | %d batch(es) | %s",
+        train_path,
+        adata.n_obs,
+        adata.n_vars,
+        n_file_genes,
+        len(categories(adata.obs[data["batch_key"]])),
+        mode,
+    )
+    if val_adata is not None:
+        log.info("Validation data: %s: %d cells", data["val_data_path"], val_adata.n_obs)
+    else:
+        log.info(
+            "Validation data: %.0f%% of the train cells (data.val_fraction)",
+            100 * data["val_fraction"],
+        )
+
+    model, resume_state, freeze_from = None, None, None
+    if base is not None:
+        freeze_from = len(base.registry.batch_categories)
+    if last_path.exists() and not fresh:
+        model, resume_state, freeze_from = _try_resume(last_path, thash, fp, freeze_from)
+    if model is None:
+        if base is not None:
+            model = base
+            log.info("Starting from %s (%r)", tr["resume_from"], model)
+        else:
+            model = _new_model(cfg, adata)
+    if freeze_from is not None:
+        # a resumed session must freeze the same parameters as before it was interrupted
+        plan_from = freeze_from
+        model._freeze_plan = lambda freeze, _n: SCARKIDS._freeze_plan(model, freeze, plan_from)
+
+    model.extra = {}  # provenance of this run only, not of the checkpoint it started from
+    extra = {
+        "config": cfg,
+        "config_hash": config_hash(cfg),
+        "resume_hash": thash,
+        "config_path": str(config_path),
+        "seed": seed,
+        "session": name,
+        "data_fingerprint": fp,
+        "versions": versions(),
+        "n_epochs": n_epochs,
+        "freeze_from": freeze_from,
+    }
+    callback = _checkpointer(model, tr, extra, n_epochs, last_path, best_path)
+    log.info(
+        "Training %d epochs | batch size %d | learning rate %g | checkpoints in %s",
+        n_epochs,
+        tr["batch_size"],
+        tr["learning_rate"],
+        ckpt_dir,
+    )
+    started = time.perf_counter()
+    try:
+        model.train(
+            n_epochs,
+            adata=adata,
+            validation_adata=val_adata,
+            batch_size=tr["batch_size"],
+            learning_rate=tr["learning_rate"],
+            weight_decay=tr["weight_decay"],
+            validation_fraction=data["val_fraction"],
+            early_stopping=tr["early_stopping"],
+            early_stopping_patience=tr["early_stopping_patience"],
+            kl_warmup_epochs=tr["kl_warmup_epochs"],
+            lr_warmup_epochs=tr["lr_warmup_epochs"],
+            lr_scheduler=scheduler,
+            classification_weight=tr["classification_weight"],
+            grad_clip_norm=tr["grad_clip_norm"],
+            supervised=supervised,
+            freeze=tr["freeze"],
+            nan_retries=tr["nan_retries"],
+            seed=seed,
+            device=device,
+            progress_bar=False,
+            name=name,
+            resume_state=resume_state,
+            on_epoch_end=callback,
+        )
+    except KeyboardInterrupt:
+        where = (
+            f"{last_path} holds the last completed epoch"
+            if last_path.exists()
+            else "no epoch completed"
+        )
+        raise RunInterrupted(
+            f"interrupted: {where}; run the same command again to resume"
+        ) from None
+
+    state = model.training_state
+    extra = {**extra, "complete": True, "best_epoch": state.best_epoch + 1}
+    model.save(best_path, extra=extra)
+    if state.stopped_early:
+        log.info(
+            "Early stopping at epoch %d: no improvement for %d epochs",
+            state.epoch,
+            tr["early_stopping_patience"],
+        )
+    monitored = "val loss" if any(k.startswith("val_") for k in state.history) else "train loss"
+    log.info(
+        "Best epoch: %d (%s %.5g) -> %s | %.1f s",
+        state.best_epoch + 1,
+        monitored,
+        state.best_loss,
+        best_path,
+        time.perf_counter() - started,
+    )
+    output = str(best_path)
+    if tr["output_checkpoint"]:
+        output = str(model.save(tr["output_checkpoint"], extra=extra))
+        log.info("Wrote %s (best epoch of session %s)", output, name)
+    if val_adata is not None:
+        metrics = log_validation_metrics(model, val_adata, data, seed, role="validation")
+    else:
+        metrics = log_validation_metrics(model, adata, data, seed, role="train")
+    return {
+        "name": name,
+        "output": output,
+        "best_model": str(best_path),
+        "epochs": state.epoch,
+        "best_epoch": state.best_epoch + 1,
+        "history": state.history,
+        "metrics": metrics,
+    }
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _scheduler(tr: Mapping[str, Any]) -> str | None:
+    if tr["lr_scheduler"] == "plateau":
+        log.warning(
+            "training.lr_scheduler: plateau is not supported; using a constant learning rate "
+            "(use cosine or step)"
+        )
+        return None
+    if tr["use_amp"]:
+        log.warning("training.use_amp: mixed precision is not supported yet; training in float32")
+    return tr["lr_scheduler"]
+
+
+def _new_model(cfg, adata):
+    from .model import SCARKIDS
+
+    glob = cfg["global"]
+    model = SCARKIDS(
+        adata,
+        n_latent=glob["latent_dim"],
+        n_labels=glob["n_cell_types"] or 10,
+        seed=cfg["training"]["seed"],
+        **module_kwargs(cfg),
+    )
+    log.info("Model: %r", model)
+    return model
+
+
+def _try_resume(last_path: Path, thash: str, fp: dict, freeze_from):
+    """The model and training state of ``last.pt`` when it belongs to this config and data."""
+    from .model import SCARKIDS
+
+    try:
+        payload = checkpoint.read(last_path)
+    except CheckpointError as e:
+        log.warning("%s; starting fresh", e)
+        return None, None, freeze_from
+    extra = payload.get("extra") or {}
+    if payload.get("training_state") is None:
+        reason = "it holds no training state"
+    elif extra.get("resume_hash") != thash:
+        reason = "it was written with a different config or seed"
+    elif extra.get("data_fingerprint") != fp:
+        reason = "it was trained on different data"
+    else:
+        try:
+            model = SCARKIDS.from_payload(payload)
+        except Exception as e:  # written by another version of the model code
+            log.warning(
+                "%s cannot be resumed (%s: %s); starting fresh", last_path, type(e).__name__, e
+            )
+            return None, None, freeze_from
+        state = model.training_state
+        log.info("Resuming from %s at epoch %d", last_path, state.epoch)
+        return model, state, extra.get("freeze_from")
+    log.info(
+        "Not resuming from %s: %s; starting fresh (--fresh skips this check)", last_path, reason
+    )
+    return None, None, freeze_from
+
+
+def _checkpointer(model, tr, extra: dict, n_epochs: int, last_path: Path, best_path: Path):
+    """The ``on_epoch_end`` callback: one log line, then best / last / periodic checkpoints."""
+    interval = tr["checkpoint_interval"]
+
+    def on_epoch_end(state, metrics: dict[str, float], is_best: bool) -> None:
+        model.training_state, model.history = state, state.history
+        log.info(epoch_line(state.epoch, n_epochs, metrics, is_best))
+        tagged = {**extra, "epoch": state.epoch}
+        if is_best:
+            model.save(best_path, extra=tagged)
+        if tr["save_last"]:
+            model.save(last_path, include_training_state=True, extra=tagged)
+        if interval and state.epoch % interval == 0:
+            model.save(last_path.parent / f"checkpoint_epoch_{state.epoch}.pt", extra=tagged)
+
+    return on_epoch_end
+
+
+def _weights_digest(model) -> str:
+    """Short hash of a model's weights (the starting point of a session)."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.module.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
