@@ -151,7 +151,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "lr_warmup_epochs": Key("int", 0, ge=0),
         "kl_warmup_epochs": Key("int", 0, ge=0),
         "classification_weight": Key("float", 50.0, ge=0),
-        "early_stopping": Key("bool", True),
+        "early_stopping": Key("bool", False),
         "early_stopping_patience": Key("int", 20, ge=1),
         "log_interval": Key("int", 10, ge=1),
         "checkpoint_interval": Key("int", 0, ge=0, help="0 = no checkpoint_epoch_E.pt"),

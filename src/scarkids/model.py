@@ -52,8 +52,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def default_max_epochs(n_cells: int) -> int:
-    """Epochs when none are given: about 1e6 cell-passes, between 20 and 200 epochs."""
-    return int(np.clip(round(1e6 / max(n_cells, 1)), 20, 200))
+    """Epochs when none are given: about 5e5 cell-passes (~4k steps of 128), 20 to 400."""
+    return int(np.clip(round(5e5 / max(n_cells, 1)), 20, 400))
 
 
 class SCARKIDS:
@@ -236,7 +236,7 @@ class SCARKIDS:
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-6,
         validation_fraction: float = 0.1,
-        early_stopping: bool = True,
+        early_stopping: bool = False,
         early_stopping_patience: int = 20,
         kl_warmup_epochs: int = 0,
         lr_warmup_epochs: int = 0,
@@ -246,7 +246,6 @@ class SCARKIDS:
         supervised: bool | None = None,
         freeze: Literal["new_batches", "none"] = "new_batches",
         nan_retries: int = 2,
-        restore_best: bool = True,
         seed: int = 0,
         device: str | torch.device = "auto",
         progress_bar: bool = True,
@@ -312,7 +311,6 @@ class SCARKIDS:
             early_stopping=early_stopping,
             early_stopping_patience=early_stopping_patience,
             nan_retries=nan_retries,
-            restore_best=restore_best,
             seed=seed,
             progress_bar=progress_bar,
             name=name,

@@ -153,23 +153,78 @@ def file_logging(log_dir: str | os.PathLike, name: str = "training.log") -> Iter
 
     The handler is removed afterwards, so sessions never write into each other's files twice.
     """
-    path = Path(log_dir) / name
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, encoding="utf-8")
-    except OSError as e:
-        raise InputDataError(
-            f"{path}: cannot write the training log ({e.strerror}); set training.log_dir to a "
-            "writable folder"
-        ) from e
-    handler.setFormatter(logging.Formatter(_FILE_FORMAT))
-    logger = logging.getLogger(RUN_LOGGER)
-    logger.addHandler(handler)
-    try:
-        yield path
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
+    handle = DeferredLog(log_dir, name)
+    handle.open()
+    with handle:
+        yield handle.path
+
+
+class DeferredLog:
+    """``<log_dir>/<name>``, created only when the run first writes something that matters.
+
+    Used as a context manager, it attaches to the package logger and keeps the run's records
+    in memory until :meth:`open` is called (by the first checkpoint); then it writes them to
+    the file and appends every later record. A run that fails on its inputs (a
+    :class:`~scarkids.errors.ScarkidsError` other than a training failure) before that point
+    leaves no log file behind; any other ending (an interrupt, a crash, a NaN loss) writes the
+    records it holds, so the log explains what happened.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, name: str = "training.log"):
+        self.path = Path(log_dir) / name
+        check_writable_dir(self.path.parent, "training.log_dir (the training log folder)")
+        self._buffer = _BufferHandler()
+        self._file: logging.FileHandler | None = None
+
+    def open(self) -> Path:
+        """Create (append to) the log file and write the records held so far; idempotent."""
+        if self._file is not None:
+            return self.path
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(self.path, encoding="utf-8")
+        except OSError as e:
+            raise InputDataError(
+                f"{self.path}: cannot write the training log ({e.strerror}); set "
+                "training.log_dir to a writable folder"
+            ) from e
+        handler.setFormatter(logging.Formatter(_FILE_FORMAT))
+        for record in self._buffer.records:
+            handler.handle(record)
+        self._buffer.records.clear()
+        logger = logging.getLogger(RUN_LOGGER)
+        logger.removeHandler(self._buffer)
+        logger.addHandler(handler)
+        self._file = handler
+        return self.path
+
+    def __enter__(self) -> DeferredLog:
+        if self._file is None:
+            logging.getLogger(RUN_LOGGER).addHandler(self._buffer)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        from .errors import ScarkidsError, TrainingError
+
+        logger = logging.getLogger(RUN_LOGGER)
+        logger.removeHandler(self._buffer)
+        input_error = isinstance(exc, ScarkidsError) and not isinstance(exc, TrainingError)
+        if self._file is None and not input_error and self._buffer.records:
+            with contextlib.suppress(ScarkidsError):
+                self.open()
+        if self._file is not None:
+            logger.removeHandler(self._file)
+            self._file.close()
+        self._buffer.records.clear()
+
+
+class _BufferHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 # --------------------------------------------------------------------------- files

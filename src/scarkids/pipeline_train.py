@@ -13,15 +13,16 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from . import checkpoint
 from .config import config_hash, session_list
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, InputDataError
 from .pipeline import (
-    file_logging,
+    DeferredLog,
+    check_writable_dir,
     module_kwargs,
     require,
     training_hash,
@@ -48,17 +49,22 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 def run_train(cfg: dict, *, config_path: str, fresh: bool = False, name: str | None = None) -> dict:
-    """``--mode train``: one session (named after the config file), logged to training.log."""
+    """``--mode train``: one session (named after the config file), logged to training.log.
+
+    The log file is created with the first checkpoint: a run stopped by its inputs writes
+    nothing at all."""
     name = name or Path(config_path).stem
-    with file_logging(cfg["training"]["log_dir"]):
-        return train_session(cfg, name=name, config_path=config_path, fresh=fresh)
+    with DeferredLog(cfg["training"]["log_dir"]) as run_log:
+        return train_session(
+            cfg, name=name, config_path=config_path, fresh=fresh, on_first_write=run_log.open
+        )
 
 
 def run_sequential(cfg: dict, *, config_path: str, fresh: bool = False) -> list[dict]:
     """``--mode sequential``: every session of ``training.sessions`` in order."""
     sessions = session_list(cfg, source=config_path)
     results = []
-    with file_logging(cfg["training"]["log_dir"]):
+    with DeferredLog(cfg["training"]["log_dir"]) as run_log:
         for k, session in enumerate(sessions, 1):
             scfg = session_config(cfg, session)
             results.append(
@@ -68,6 +74,7 @@ def run_sequential(cfg: dict, *, config_path: str, fresh: bool = False) -> list[
                     config_path=config_path,
                     fresh=fresh,
                     banner=f"Session {k}/{len(sessions)}: {session['name']}",
+                    on_first_write=run_log.open,
                 )
             )
         log.info("Sequential training done: %s", ", ".join(r["output"] for r in results))
@@ -98,15 +105,23 @@ def train_session(
     config_path: str,
     fresh: bool = False,
     banner: str | None = None,
+    on_first_write: Callable[[], Any] | None = None,
 ) -> dict:
-    """Train one session from the resolved config ``cfg``; returns a summary dict."""
+    """Train one session from the resolved config ``cfg``; returns a summary dict.
+
+    Every input is checked before the first file is written; ``on_first_write`` is called
+    just before that first write (the end of the first epoch)."""
     from .model import SCARKIDS, default_max_epochs, resolve_device
 
     glob, data, tr = cfg["global"], cfg["data"], cfg["training"]
     seed, supervised = tr["seed"], glob["supervised"]
     device = resolve_device(tr["device"])
     train_path = require(cfg, "data.train_data_path", "for training")
-    ckpt_dir = Path(tr["checkpoint_dir"])
+    ckpt_dir = check_writable_dir(tr["checkpoint_dir"], "training.checkpoint_dir")
+    if tr["output_checkpoint"]:
+        check_writable_dir(
+            checkpoint.resolve_path(tr["output_checkpoint"]).parent, "training.output_checkpoint"
+        )
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best_model.pt"
     scheduler = _scheduler(tr)
     mode = "supervised" if supervised else "unsupervised"
@@ -139,6 +154,8 @@ def train_session(
     genes = list(adata.var_names) if genes is None else genes
     val_adata = read_validation_file(cfg, labels_key, genes)
     check_categories(cfg, adata, val_adata, base, labels_key, train_path)
+
+    _check_cluster_count(cfg, adata, val_adata, base, train_path)
 
     fp = fingerprint(adata)
     n_epochs = tr["n_epochs"] or default_max_epochs(adata.n_obs)
@@ -191,7 +208,7 @@ def train_session(
         "n_epochs": n_epochs,
         "freeze_from": freeze_from,
     }
-    callback = _checkpointer(model, tr, extra, n_epochs, last_path, best_path)
+    callback = _checkpointer(model, tr, extra, n_epochs, last_path, best_path, on_first_write)
     log.info(
         "Training %d epochs | batch size %d | learning rate %g | checkpoints in %s",
         n_epochs,
@@ -288,6 +305,23 @@ def _scheduler(tr: Mapping[str, Any]) -> str | None:
     return tr["lr_scheduler"]
 
 
+def _check_cluster_count(cfg, adata, val_adata, base, source: str) -> None:
+    """Unsupervised training clusters every cell into the model's label slots (k-means): it
+    needs at least as many cells as clusters."""
+    if cfg["global"]["supervised"]:
+        return
+    if base is not None:
+        n_clusters = len(base.registry.label_categories)
+    else:
+        n_clusters = cfg["global"]["n_cell_types"] or 10
+    n_cells = adata.n_obs + (val_adata.n_obs if val_adata is not None else 0)
+    if n_cells < n_clusters:
+        raise InputDataError(
+            f"{source}: {n_cells} cells, fewer than the {n_clusters} clusters of unsupervised "
+            "training (global.n_cell_types); give more cells or lower global.n_cell_types"
+        )
+
+
 def _new_model(cfg, adata):
     from .model import SCARKIDS
 
@@ -336,11 +370,15 @@ def _try_resume(last_path: Path, thash: str, fp: dict, freeze_from):
     return None, None, freeze_from
 
 
-def _checkpointer(model, tr, extra: dict, n_epochs: int, last_path: Path, best_path: Path):
+def _checkpointer(
+    model, tr, extra: dict, n_epochs: int, last_path: Path, best_path: Path, on_first_write=None
+):
     """The ``on_epoch_end`` callback: one log line, then best / last / periodic checkpoints."""
     interval = tr["checkpoint_interval"]
 
     def on_epoch_end(state, metrics: dict[str, float], is_best: bool) -> None:
+        if on_first_write is not None:
+            on_first_write()
         model.training_state, model.history = state, state.history
         log.info(epoch_line(state.epoch, n_epochs, metrics, is_best))
         tagged = {**extra, "epoch": state.epoch}

@@ -60,6 +60,11 @@ def read_h5ad(path: str | os.PathLike, *, what: str = "data file"):
             f"{p}: cannot read {what} as AnnData ({type(e).__name__}); the file is truncated "
             "or was not written by anndata: write it again"
         ) from e
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise InputDataError(
+            f"{p}: {what} is empty ({adata.n_obs} cells x {adata.n_vars} genes); give a file "
+            "with cells and genes"
+        )
     adata.obs_names = adata.obs_names.astype(str)
     adata.var_names = adata.var_names.astype(str)
     if not adata.obs_names.is_unique:

@@ -51,8 +51,6 @@ class TrainingSettings:
     early_stopping: bool = True
     early_stopping_patience: int = 20
     nan_retries: int = 2
-    #: end with the weights of the best validation epoch (else those of the last epoch)
-    restore_best: bool = True
     #: unsupervised only: after this many epochs the latent means are clustered with
     #: k-means and, for ``cluster_pretrain_epochs`` epochs, those clusters act as labels, so
     #: that q(c|z0) and p(z0|c) agree on a partition before c is treated as latent again
@@ -341,7 +339,10 @@ def train_module(
         for k, v in metrics.items():
             state.history.setdefault(k, []).append(v)
         state.epoch = epoch + 1
-        is_best = monitored < state.best_loss
+        # With early stopping the selected model is the best validation epoch; without it,
+        # the last one: integration keeps improving after the validation ELBO has turned
+        # (on panc8, 400 epochs: scIB total 0.844 vs 0.706 for the best-ELBO epoch).
+        is_best = monitored < state.best_loss or not settings.early_stopping
         if is_best:
             state.best_loss, state.best_epoch, state.epochs_since_best = monitored, epoch, 0
             state.best_state = copy.deepcopy(module.state_dict())
@@ -370,7 +371,7 @@ def train_module(
         if on_epoch_end is not None:
             on_epoch_end(state, metrics, is_best)
     bar.close()
-    if settings.restore_best and state.best_state is not None:
+    if settings.early_stopping and state.best_state is not None:
         module.load_state_dict(state.best_state)
     module.eval()
     return state
