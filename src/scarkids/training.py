@@ -198,7 +198,8 @@ def cluster_latent(
         ]
     )
     module.train(was_training)
-    km = KMeans(n_clusters=n_clusters, n_init=4, random_state=seed).fit(z.cpu().numpy())
+    # fewer cells than clusters: the surplus clusters simply start empty
+    km = KMeans(n_clusters=min(n_clusters, n), n_init=4, random_state=seed).fit(z.cpu().numpy())
     return torch.as_tensor(km.labels_, dtype=torch.long, device=data.batch.device)
 
 
