@@ -11,7 +11,6 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
-import torch
 import yaml
 
 from scarkids import cli
@@ -33,12 +32,7 @@ BASE = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(seed: int = 0, **kw) -> ad.AnnData:

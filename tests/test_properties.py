@@ -11,7 +11,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -37,12 +36,7 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # odd names: unicode, spaces, punctuation, digits-only, the unlabelled marker, empty
