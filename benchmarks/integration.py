@@ -319,12 +319,13 @@ def write_summary(out: Path) -> Path:
             f"{meta['n_labels']} cell types. Runs merged into this table (latest last):",
             "",
         ]
-        for run in meta["runs"]:
-            epochs = ", ".join(f"{m} {e}" for m, e in run["epochs"].items()) or "none"
-            quick = " **QUICK (smoke test)**" if run["quick"] else ""
+        for run in meta.get("runs", [meta]):  # files of older runs hold one run, unnested
+            epochs = ", ".join(f"{m} {e}" for m, e in run.get("epochs", {}).items()) or "none"
+            quick = " **QUICK (smoke test)**" if run.get("quick") else ""
+            methods = ", ".join(run.get("methods", [])) or "see the table"
             lines.append(
-                f"- {run['date']}, code {run['code']}{quick}: `{run['command']}` "
-                f"({', '.join(run['methods'])}; epochs run: {epochs})"
+                f"- {run['date']}, code {run.get('code', '?')}{quick}: `{run['command']}` "
+                f"({methods}; epochs run: {epochs})"
             )
         lines.append("")
         rows = [[m, *(fmt(r[c]) for c in SCORES), fmt(r["time_s"], 1)] for m, r in tab.iterrows()]
