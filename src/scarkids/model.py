@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 import torch
 
@@ -25,6 +24,7 @@ from .data import (
     sorted_categories,
 )
 from .errors import InputDataError
+from .model_outputs import ModelOutputs
 from .module import SCARKIDSModule
 from .training import (
     EpochCallback,
@@ -56,7 +56,7 @@ def default_max_epochs(n_cells: int) -> int:
     return int(np.clip(round(5e5 / max(n_cells, 1)), 20, 400))
 
 
-class SCARKIDS:
+class SCARKIDS(ModelOutputs):
     """scARKIDS: a VAE with a cell-type-conditioned latent diffusion prior.
 
     Parameters
@@ -386,186 +386,6 @@ class SCARKIDS:
             model = cls.load(reference, adata_query, device=device)
         model.adata = adata_query
         return model
-
-    # --------------------------------------------------------------- outputs
-    @torch.no_grad()
-    def get_latent_representation(
-        self,
-        adata=None,
-        *,
-        give_mean: bool = True,
-        batch_size: int = 4096,
-        key_added: str | None = None,
-    ) -> np.ndarray:
-        """Latent codes ``(n_cells, n_latent)`` float32: the encoder mean (or a sample)."""
-        self.module.eval()
-        out = []
-        for _, x, b in self._chunks(adata, batch_size):
-            inf = self.module.inference(x, b, sample=not give_mean)
-            out.append(inf["z"].float().cpu().numpy())
-        z = np.concatenate(out, 0)
-        if key_added is not None:
-            (self.adata if adata is None else adata).obsm[key_added] = z
-        return z
-
-    def _batch_indices(self, transform_batch) -> list[int] | None:
-        if transform_batch is None:
-            return None
-        items = transform_batch if isinstance(transform_batch, (list, tuple)) else [transform_batch]
-        out = []
-        for item in items:
-            if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
-                if not 0 <= item < len(self.registry.batch_categories):
-                    raise InputDataError(
-                        f"target batch index {item} is out of range: the model knows "
-                        f"{len(self.registry.batch_categories)} batches (0..{len(self.registry.batch_categories) - 1})"
-                    )
-                out.append(int(item))
-            elif str(item) in self.registry.batch_categories:
-                out.append(self.registry.batch_categories.index(str(item)))
-            else:
-                raise InputDataError(
-                    f"target batch {item!r} is not a batch of the model; known: "
-                    f"{', '.join(map(repr, self.registry.batch_categories[:10]))}"
-                )
-        return out
-
-    @torch.no_grad()
-    def iter_normalized_expression(
-        self,
-        adata=None,
-        *,
-        transform_batch: int | str | Sequence[int | str] | None = None,
-        library_size: float = 1e4,
-        batch_size: int = 1024,
-        latent: np.ndarray | None = None,
-    ) -> Iterator[tuple[slice, np.ndarray]]:
-        """Yield ``(cell slice, float32 chunk)`` of :meth:`get_normalized_expression`."""
-        targets = self._batch_indices(transform_batch)
-        self.module.eval()
-        for sl, x, b in self._chunks(adata, batch_size):
-            z = (
-                torch.as_tensor(latent[sl], device=self.device)
-                if latent is not None
-                else self.module.inference(x, b, sample=False)["z"]
-            )
-            if targets is None:
-                rho = self.module.generative(z, b, None)["log_rho"].exp()
-            else:
-                rho = torch.zeros_like(x)
-                for t in targets:
-                    bt = torch.full_like(b, t)
-                    rho += self.module.generative(z, bt, None)["log_rho"].exp()
-                rho /= len(targets)
-            yield sl, (rho * library_size).float().cpu().numpy()
-
-    def get_normalized_expression(
-        self,
-        adata=None,
-        *,
-        transform_batch: int | str | Sequence[int | str] | None = None,
-        library_size: float = 1e4,
-        batch_size: int = 1024,
-        return_numpy: bool = False,
-    ) -> pd.DataFrame | np.ndarray:
-        """Decoded expression ``library_size * rho(z0, b)``, cells x genes (float32).
-
-        ``transform_batch``: ``None`` decodes each cell with its own batch; a batch name or
-        index decodes every cell as if measured in that batch (batch correction); a list
-        averages over those batches. The latent is the encoder mean.
-        """
-        adata_ = self.adata if adata is None else adata
-        out = np.empty((adata_.n_obs, len(self.registry.gene_names)), dtype=np.float32)
-        for sl, chunk in self.iter_normalized_expression(
-            adata_,
-            transform_batch=transform_batch,
-            library_size=library_size,
-            batch_size=batch_size,
-        ):
-            out[sl] = chunk
-        if return_numpy:
-            return out
-        return pd.DataFrame(out, index=adata_.obs_names, columns=self.registry.gene_names)
-
-    @torch.no_grad()
-    def _label_probs(
-        self, adata=None, batch_size: int = 4096, latent: np.ndarray | None = None
-    ) -> np.ndarray:
-        self.module.eval()
-        if latent is None:
-            latent = self.get_latent_representation(adata, batch_size=batch_size)
-        z = torch.as_tensor(latent, device=self.device)
-        return self.module.label_log_probs(z).exp().cpu().numpy()
-
-    def predict(
-        self, adata=None, *, soft: bool = False, batch_size: int = 4096
-    ) -> np.ndarray | pd.DataFrame:
-        """Cell-type predictions: names ``(n_cells,)``, or with ``soft`` a DataFrame of
-        probabilities (cells x cell types)."""
-        adata_ = self.adata if adata is None else adata
-        probs = self._label_probs(adata_, batch_size)
-        names = np.asarray(self.registry.label_categories, dtype=object)
-        if soft:
-            return pd.DataFrame(probs, index=adata_.obs_names, columns=list(names))
-        return names[probs.argmax(1)]
-
-    def predict_with_uncertainty(
-        self,
-        adata=None,
-        *,
-        confidence_threshold: float = 0.5,
-        unknown_label: str = "unknown",
-        latent: np.ndarray | None = None,
-    ) -> pd.DataFrame:
-        """Per cell: ``predicted_label`` (``unknown_label`` when the top probability is below
-        ``confidence_threshold``), ``top_label``, ``probability`` and ``entropy`` (nats)."""
-        adata_ = self.adata if adata is None else adata
-        probs = self._label_probs(adata_, latent=latent)
-        names = np.asarray(self.registry.label_categories, dtype=object)
-        top = probs.argmax(1)
-        p = probs[np.arange(len(top)), top]
-        entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(1)
-        return pd.DataFrame(
-            {
-                "predicted_label": np.where(p >= confidence_threshold, names[top], unknown_label),
-                "top_label": names[top],
-                "probability": p,
-                "entropy": entropy,
-            },
-            index=adata_.obs_names,
-        )
-
-    @torch.no_grad()
-    def refine_latent(
-        self,
-        adata=None,
-        *,
-        n_steps: int = 100,
-        labels: np.ndarray | Sequence[str] | None = None,
-        seed: int = 0,
-        batch_size: int = 4096,
-    ) -> np.ndarray:
-        """DDPM (SDEdit) refinement: noise each encoder mean to step ``n_steps`` and denoise
-        with ``p_psi(. | c)``, c = the given labels (names) or the predicted ones."""
-        if not 1 <= n_steps <= self.module.prior.n_steps:
-            raise InputDataError(
-                f"n_refinement_steps must be between 1 and n_diffusion_steps ({self.module.prior.n_steps}), got {n_steps}"
-            )
-        z = self.get_latent_representation(adata, batch_size=batch_size)
-        if labels is None:
-            codes = self._label_probs(latent=z).argmax(1)
-        else:
-            lookup = {n: i for i, n in enumerate(self.registry.label_categories)}
-            codes = np.array([lookup.get(str(v), -1) for v in labels])
-            if (codes < 0).any():
-                raise InputDataError("refine_latent: labels contain names the model does not know")
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        out = []
-        for start in range(0, z.shape[0], batch_size):
-            zt = torch.as_tensor(z[start : start + batch_size], device=self.device)
-            lab = torch.as_tensor(codes[start : start + batch_size] + 1, device=self.device)
-            out.append(self.module.prior.refine(zt, lab, n_steps, generator=gen).cpu().numpy())
-        return np.concatenate(out, 0).astype(np.float32)
 
     # ------------------------------------------------------------ save / load
     def state_payload(
