@@ -184,10 +184,8 @@ def benchmark_dataset(adata, methods: list[str], seed: int, quick: bool):
 
     if {"scVI", "scANVI"} & set(methods):
         scvi_model = timed("scVI", train_scvi, adata.copy(), seed, quick)
-        emb["scVI"], epochs["scVI"] = (
-            scvi_model.get_latent_representation(),
-            n_epochs(scvi_model.history),
-        )
+        emb["scVI"] = scvi_model.get_latent_representation()
+        epochs["scVI"] = n_epochs(scvi_model.history)
         if "scANVI" in methods:
             m = timed("scANVI", train_scanvi, scvi_model, "cell_type", seed, quick)
             emb["scANVI"], epochs["scANVI"] = m.get_latent_representation(), n_epochs(m.history)
@@ -204,10 +202,8 @@ def benchmark_dataset(adata, methods: list[str], seed: int, quick: bool):
         epochs["scARKIDS-unsup"] = n_epochs(m.history)
     if {"scARKIDS-sup", "scARKIDS-sup+refine"} & set(methods):
         m, a = timed("scARKIDS-sup", train_scarkids, adata, "cell_type", k, seed, quick)
-        emb["scARKIDS-sup"], epochs["scARKIDS-sup"] = (
-            m.get_latent_representation(a),
-            n_epochs(m.history),
-        )
+        emb["scARKIDS-sup"] = m.get_latent_representation(a)
+        epochs["scARKIDS-sup"] = n_epochs(m.history)
         if "scARKIDS-sup+refine" in methods:
             emb["scARKIDS-sup+refine"] = timed(
                 "scARKIDS-sup+refine", m.refine_latent, a, n_steps=REFINE_STEPS, seed=seed
@@ -223,11 +219,8 @@ def benchmark_dataset(adata, methods: list[str], seed: int, quick: bool):
             held_emb["scARKIDS-sup+refine"] = timed(
                 "refine heldout", m.refine_latent, a, n_steps=REFINE_STEPS, seed=seed
             )
-            held["scARKIDS-sup+refine"] = {  # refinement leaves the predictions unchanged
-                "accuracy": np.nan,
-                "macro_f1": np.nan,
-                "time_s": times[name] + times["refine heldout"],
-            }
+            t_refine = times[name] + times["refine heldout"]  # predictions are unchanged
+            held["scARKIDS-sup+refine"] = dict(accuracy=np.nan, macro_f1=np.nan, time_s=t_refine)
     emb = {key: z for key, z in emb.items() if key in methods}
 
     log("  scoring ...")
@@ -288,6 +281,7 @@ def merge_tsv(path: Path, new: pd.DataFrame) -> None:
     if path.exists():
         old = pd.read_csv(path, sep="\t", index_col=0)
         new = pd.concat([old.drop(index=new.index, errors="ignore"), new])
+    new = new.loc[sorted(new.index, key=lambda m: METHODS.index(m) if m in METHODS else 99)]
     new.index.name = "Embedding"
     new.to_csv(path, sep="\t", float_format="%.6g")
 
