@@ -115,8 +115,7 @@ def category_codes(
     as_str = values.astype(object)
     missing = as_str.isna().to_numpy()
     names = as_str.where(~missing, "").astype(str).to_numpy()
-    lookup = {name: i for i, name in enumerate(categories)}
-    codes = np.fromiter((lookup.get(n, -1) for n in names), dtype=np.int64, count=len(names))
+    codes = pd.Index(categories).get_indexer(names).astype(np.int64)  # -1 where unknown
     if unlabeled_category is not None:
         missing |= names == unlabeled_category
     codes[missing] = -1

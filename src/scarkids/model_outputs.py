@@ -174,19 +174,25 @@ class ModelOutputs:
         labels: np.ndarray | Sequence[str] | None = None,
         seed: int = 0,
         batch_size: int = 4096,
+        latent: np.ndarray | None = None,
     ) -> np.ndarray:
         """DDPM (SDEdit) refinement: noise each encoder mean to step ``n_steps`` and denoise
-        with ``p_psi(. | c)``, c = the given labels (names) or the predicted ones."""
+        with ``p_psi(. | c)``, c = the given labels (names) or the predicted ones.
+        ``latent`` (from :meth:`get_latent_representation`) saves encoding the cells again."""
         if not 1 <= n_steps <= self.module.prior.n_steps:
             raise InputDataError(
                 f"n_refinement_steps must be between 1 and n_diffusion_steps ({self.module.prior.n_steps}), got {n_steps}"
             )
-        z = self.get_latent_representation(adata, batch_size=batch_size)
+        z = (
+            self.get_latent_representation(adata, batch_size=batch_size)
+            if latent is None
+            else latent
+        )
         if labels is None:
             codes = self._label_probs(latent=z).argmax(1)
         else:
-            lookup = {n: i for i, n in enumerate(self.registry.label_categories)}
-            codes = np.array([lookup.get(str(v), -1) for v in labels])
+            names = np.asarray(labels).astype(str)
+            codes = pd.Index(self.registry.label_categories).get_indexer(names)
             if (codes < 0).any():
                 raise InputDataError("refine_latent: labels contain names the model does not know")
         gen = torch.Generator(device=self.device).manual_seed(seed)

@@ -76,7 +76,11 @@ def run_inference(
     refined = None
     if inf["use_ddpm_refinement"]:
         refined = model.refine_latent(
-            adata, n_steps=inf["n_refinement_steps"], seed=seed, batch_size=inf["batch_size"]
+            adata,
+            n_steps=inf["n_refinement_steps"],
+            seed=seed,
+            batch_size=inf["batch_size"],
+            latent=latent,
         )
         lap("refine")
         log.info("Refined the latent with %d denoising steps", inf["n_refinement_steps"])
