@@ -92,11 +92,12 @@ def main():
     p.add_argument("--datasets", default="cellbench,kang")
     p.add_argument("--quick", action="store_true", help="few epochs, to check the script runs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = p.parse_args()
     if not DATA.exists():
         print(f"{DATA} not found: the shared datasets are needed; nothing to do")
         return
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     epochs = 10 if args.quick else None
     rows = []
     for name in args.datasets.split(","):
@@ -128,7 +129,9 @@ def main():
         text += "\n\nMean over cellbench held-out batches:\n\n" + means.to_markdown(floatfmt=".3f")
     cmd = "python benchmarks/label_transfer.py" + (" --quick" if args.quick else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "label_transfer.md").write_text(f"Command: `{cmd}` (2 CPU cores)\n\n{text}\n")
+    (RESULTS / "label_transfer.md").write_text(
+        f"Command: `{cmd}` ({args.threads} CPU threads)\n\n{text}\n"
+    )
     print(text)
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from .distributions import NonZeros
 from .errors import CheckpointError, InputDataError
 
 #: adata.uns key written by :func:`setup_anndata`
@@ -189,36 +190,52 @@ def select_columns(X: sp.csr_matrix, positions: np.ndarray) -> sp.csr_matrix:
 class DeviceMatrix:
     """A cells x genes count matrix resident on a device, with row gathering there.
 
-    Dense when it fits under ``dense_limit_bytes``; otherwise CSR (three tensors) with a
-    vectorised gather that densifies only the requested rows.
+    On CPUs it is kept as CSR (three tensors, plus ``lgamma(count + 1)`` per stored entry):
+    a minibatch gather then also yields its non-zero entries, which the likelihood needs
+    (:class:`~scarkids.distributions.NonZeros`), without scanning the dense rows. On GPUs it
+    is dense when it fits under ``dense_limit_bytes`` (the likelihood then works densely,
+    without host syncs) and CSR otherwise.
     """
 
     def __init__(self, X: sp.csr_matrix, device: torch.device, *, dense_limit_bytes: float = 2**30):
         self.shape = X.shape
-        self.device = device
-        self.dense = X.shape[0] * X.shape[1] * 4 <= dense_limit_bytes
+        self.device = torch.device(device)
+        fits = X.shape[0] * X.shape[1] * 4 <= dense_limit_bytes
+        self.dense = fits and self.device.type != "cpu"
         if self.dense:
             self.values = torch.as_tensor(X.toarray(), dtype=torch.float32, device=device)
         else:
+            X = sp.csr_matrix(X)
+            X.sum_duplicates()
+            X.eliminate_zeros()
             self.crow = torch.as_tensor(X.indptr.astype(np.int64), device=device)
             self.col = torch.as_tensor(X.indices.astype(np.int64), device=device)
             self.val = torch.as_tensor(X.data, dtype=torch.float32, device=device)
+            self.log_factorial = torch.lgamma(self.val + 1.0)
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """Dense float32 rows ``index`` (on the device), shape ``(len(index), n_genes)``."""
+        return self.rows_and_nonzeros(index)[0]
+
+    def rows_and_nonzeros(self, index: torch.Tensor) -> tuple[torch.Tensor, NonZeros | None]:
+        """Dense rows ``index`` and, from a CSR store, their non-zero entries (else None)."""
         if self.dense:
-            return self.values[index]
-        starts, ends = self.crow[index], self.crow[index + 1]
-        lengths = ends - starts
-        n = index.shape[0]
-        out = torch.zeros((n, self.shape[1]), dtype=torch.float32, device=self.device)
+            return self.values.index_select(0, index), None
+        starts = self.crow.index_select(0, index)
+        lengths = self.crow.index_select(0, index + 1) - starts
+        n, n_genes = index.shape[0], self.shape[1]
         total = int(lengths.sum())
-        if total == 0:
-            return out
         row = torch.repeat_interleave(
             torch.arange(n, device=self.device), lengths, output_size=total
         )
-        first = torch.cumsum(lengths, 0) - lengths
-        pos = torch.arange(total, device=self.device) - first[row] + starts[row]
-        out[row, self.col[pos]] = self.val[pos]
-        return out
+        # position in the store of each gathered entry: its rank within the output,
+        # minus the output offset of its row, plus the row's start in the store
+        shift = (starts - (torch.cumsum(lengths, 0) - lengths)).index_select(0, row)
+        pos = torch.arange(total, device=self.device) + shift
+        gene = self.col.index_select(0, pos)
+        flat = row * n_genes + gene
+        counts = self.val.index_select(0, pos)
+        out = torch.zeros(n * n_genes, dtype=torch.float32, device=self.device)
+        out.index_copy_(0, flat, counts)
+        nonzeros = NonZeros(flat, row, gene, counts, self.log_factorial.index_select(0, pos))
+        return out.view(n, n_genes), nonzeros

@@ -107,14 +107,28 @@ class NoisePredictor(nn.Module):
         return self.label.num_embeddings - 1
 
     def forward(
-        self, z_t: torch.Tensor, t: torch.Tensor, label_index: torch.Tensor
+        self,
+        z_t: torch.Tensor,
+        t: torch.Tensor,
+        label_index: torch.Tensor,
+        *,
+        every_label: bool = False,
     ) -> torch.Tensor:
-        """``z_t`` (n, d), ``t`` (n,) in 1..T, ``label_index`` (n,) with 0 = null -> (n, d)."""
+        """``z_t`` (n, d), ``t`` (n,) in 1..T, ``label_index`` (n,) with 0 = null -> (n, d).
+
+        With ``every_label``, ``label_index`` is ``(C,)`` and each row is scored against
+        every one of those labels: the result is ``(n, C, d)``; the label-free part of the
+        network runs once per row instead of once per (row, label).
+        """
         h = self.input(z_t) + self.time(timestep_embedding(t, self.timestep_embed_dim))
-        h = h + self.label(label_index)
+        if every_label:
+            h = (h[:, None, :] + self.label(label_index)[None, :, :]).flatten(0, 1)
+        else:
+            h = h + self.label(label_index)
         for block in self.blocks:
             h = h + block(h)
-        return self.output(h)
+        out = self.output(h)
+        return out.view(z_t.shape[0], -1, out.shape[-1]) if every_label else out
 
 
 class DiffusionPrior(nn.Module):
@@ -201,6 +215,7 @@ class DiffusionPrior(nn.Module):
         eps: torch.Tensor,
         *,
         detach_net: bool = False,
+        every_label: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Unbiased one-sample estimate of the negative diffusion bound on ``-log p(z_0 | c)``.
 
@@ -217,6 +232,9 @@ class DiffusionPrior(nn.Module):
         detach_net
             Evaluate the noise net with its parameters detached, so the gradient of the
             bound reaches ``z0`` (the encoder) but not the prior.
+        every_label
+            ``label_index`` is ``(C,)``: score every cell against each of these labels with
+            the same ``(t, eps)``; the outputs are then ``(n, C)``.
 
         Returns
         -------
@@ -224,11 +242,15 @@ class DiffusionPrior(nn.Module):
         terminal KL part, ``(n,)``) and ``eps_error`` (``(n,)``, squared error).
         """
         z_t = self.diffuse(z0, t, eps)
+        kwargs = {"every_label": every_label}
         if detach_net:
             params = {k: v.detach() for k, v in self.net.named_parameters()}
-            eps_hat = torch.func.functional_call(self.net, params, (z_t, t, label_index))
+            eps_hat = torch.func.functional_call(self.net, params, (z_t, t, label_index), kwargs)
         else:
-            eps_hat = self.net(z_t, t, label_index)
+            eps_hat = self.net(z_t, t, label_index, **kwargs)
+        if every_label:  # (n, C, d) against (n, 1, d): per (cell, label)
+            eps, t, scale = eps[:, None, :], t[:, None], scale[:, None]
+            z0 = z0[:, None, :]
         err = (eps - eps_hat).pow(2).sum(-1)
         chain = scale * err
         terminal = self.terminal_kl(z0)

@@ -7,6 +7,8 @@ counts up to 1e6 with dispersions from 1e-4 to 1e6 stay finite.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -57,3 +59,205 @@ def count_log_prob(
     if dropout_logits is None:
         return negative_binomial_log_prob(x, log_mu, log_theta)
     return zinb_log_prob(x, log_mu, log_theta, dropout_logits)
+
+
+def digamma(y: torch.Tensor) -> torch.Tensor:
+    """``digamma(y)`` for ``y > 0`` in a few vectorised passes (float32: ~1e-6 relative).
+
+    ``torch.digamma`` evaluates element by element on CPUs; here the recurrence
+    ``psi(y) = psi(y + 6) - sum_{k<6} 1 / (y + k)`` moves the argument to where the
+    asymptotic series ``log z - 1/(2z) - sum B_2k / (2k z^2k)`` is exact to float precision.
+    """
+    shift = y.reciprocal()
+    for k in range(1, 6):
+        shift = shift + (y + k).reciprocal()
+    z = y + 6.0
+    r = z.reciprocal()
+    r2 = r * r
+    series = r2 * (1 / 12 - r2 * (1 / 120 - r2 * (1 / 252 - r2 * (1 / 240 - r2 / 132))))
+    return z.log() - 0.5 * r - series - shift
+
+
+@dataclass(frozen=True)
+class NonZeros:
+    """The non-zero entries of an ``(n, G)`` count minibatch, in row-major order.
+
+    ``index`` (nnz,) int64: flat positions ``row * G + gene``; ``row`` and ``gene`` (nnz,)
+    int64; ``counts`` (nnz,) float32; ``log_factorial`` (nnz,): ``lgamma(counts + 1)``, a
+    constant of the data that a CSR store holds precomputed.
+    """
+
+    index: torch.Tensor
+    row: torch.Tensor
+    gene: torch.Tensor
+    counts: torch.Tensor
+    log_factorial: torch.Tensor
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> NonZeros:
+        flat = x.reshape(-1)
+        index = flat.nonzero().squeeze(1)
+        counts = flat.index_select(0, index)
+        n_genes = x.shape[1]
+        return cls(index, index // n_genes, index % n_genes, counts, torch.lgamma(counts + 1.0))
+
+
+class _CountLogLikelihood(torch.autograd.Function):
+    """Per-cell sum of the (ZI)NB log-density, with hand-derived gradients.
+
+    The elementwise version above, run through autograd, spends most of a CPU training
+    step on ``lgamma``/``digamma`` over every cell x gene entry and on the intermediates
+    autograd keeps. Here every entry is first treated as a zero count (a few fused passes);
+    the terms only non-zero counts have (``lgamma(x + theta)``, ``digamma``) are computed on
+    the non-zero entries alone and written over those positions (sparse mode), or chosen
+    with ``where`` over all entries (dense mode: no host sync, for GPUs). Gradients are
+    formed in the forward pass.
+
+    With ``d = log_mu - log_theta``, ``A = theta log(theta / (theta + mu)) = -theta
+    softplus(d)`` (the NB log-probability of a zero) and ``p = mu / (theta + mu) =
+    sigmoid(d)``, with ``l`` the dropout logit:
+
+    - zero count: ``logaddexp(l, A) - softplus(l)`` (ZINB), ``A`` (NB);
+    - count ``x > 0``: ``A - x softplus(-d) + lgamma(x + theta) - lgamma(theta) -
+      lgamma(x + 1)``, minus ``softplus(l)`` for ZINB.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x, log_mu, log_theta, dropout_logits, nz_index, nz_row, nz_gene, nz_counts,
+        nz_log_fact, need_grad,
+    ):  # fmt: skip
+        n, g = log_mu.shape
+        theta = log_theta.exp()  # (1 or n, G)
+        d = log_mu - log_theta
+        soft_d = F.softplus(d)
+        a = -theta * soft_d
+        p = torch.exp(d - soft_d)
+        theta_p = theta * p
+        if dropout_logits is not None:
+            soft_l = F.softplus(dropout_logits)
+            zero_case = torch.logaddexp(dropout_logits, a)
+            w = torch.exp(dropout_logits - zero_case)  # posterior weight of the dropout branch
+            sig_l = torch.exp(dropout_logits - soft_l)
+            dense = zero_case - soft_l
+        else:
+            zero_case = dense = a
+
+        if nz_index is None:  # dense mode: every entry, selected with where
+
+            def take(t):
+                return t
+
+            def take_theta(t):
+                return t
+
+            xv, log_fact = x, torch.lgamma(x + 1.0)
+        else:
+            gene = nz_gene if theta.shape[0] == 1 else nz_index
+
+            def take(t):
+                return t.reshape(-1).index_select(0, nz_index)
+
+            def take_theta(t):
+                return t.reshape(-1).index_select(0, gene)
+
+            xv, log_fact = nz_counts, nz_log_fact
+        theta_v, d_v, a_v, p_v = take_theta(theta), take(d), take(a), take(p)
+        x_theta = xv + theta_v
+        nb_v = (
+            a_v
+            - xv * F.softplus(-d_v)
+            + torch.lgamma(x_theta)
+            - take_theta(torch.lgamma(theta))
+            - log_fact
+        )
+        correction = nb_v - take(zero_case)  # log p(x) minus its zero-count value
+        if nz_index is None:
+            per_cell = (dense + torch.where(x > 0, correction, 0.0)).sum(-1)
+        else:
+            per_cell = dense.sum(-1).index_add_(0, nz_row, correction)
+
+        if need_grad and any(ctx.needs_input_grad[1:4]):
+            # as if every count were zero ...
+            grad_a = 1.0 - w if dropout_logits is not None else 1.0
+            grad_mu = -grad_a * theta_p
+            grad_theta = grad_a * (a + theta_p)
+            grad_l = w - sig_l if dropout_logits is not None else None
+            # ... then the non-zero counts
+            digamma_diff = digamma(x_theta) - take_theta(torch.digamma(theta))
+            nz_mu = xv - x_theta * p_v
+            nz_theta = a_v + theta_v * (p_v + digamma_diff) - xv * (1.0 - p_v)
+            if nz_index is None:
+                is_nz = x > 0
+                grad_mu = torch.where(is_nz, nz_mu, grad_mu)
+                grad_theta = torch.where(is_nz, nz_theta, grad_theta)
+                if grad_l is not None:
+                    grad_l = torch.where(is_nz, -sig_l, grad_l)
+            else:
+                grad_theta = grad_theta.expand(n, g).contiguous()
+                grad_mu.view(-1).index_copy_(0, nz_index, nz_mu)
+                grad_theta.view(-1).index_copy_(0, nz_index, nz_theta)
+                if grad_l is not None:
+                    grad_l.view(-1).index_copy_(0, nz_index, -take(sig_l))
+            ctx.save_for_backward(grad_mu, grad_theta, grad_l)
+            ctx.theta_rows = log_theta.shape[0]
+        return per_cell
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_mu, grad_theta, grad_l = ctx.saved_tensors
+        go = grad_out[:, None]
+        g_theta = grad_theta * go
+        if ctx.theta_rows == 1:
+            g_theta = g_theta.sum(0, keepdim=True)
+        g_l = grad_l * go if grad_l is not None else None
+        return None, grad_mu * go, g_theta, g_l, None, None, None, None, None, None
+
+
+def count_log_prob_sum(
+    x: torch.Tensor,
+    log_mu: torch.Tensor,
+    log_theta: torch.Tensor,
+    dropout_logits: torch.Tensor | None,
+    nonzero: NonZeros | None = None,
+    *,
+    sparse: bool | None = None,
+) -> torch.Tensor:
+    """Per-cell log-likelihood ``sum_g log p(x_g)`` (shape ``(n,)``), ZINB or NB.
+
+    Equal to ``count_log_prob(...).sum(-1)`` (tested to float tolerance, values and
+    gradients) and several times faster. ``x`` and ``log_mu`` are ``(n, G)``; ``log_theta``
+    is ``(G,)``, ``(1, G)`` or ``(n, G)``; ``dropout_logits`` is ``(n, G)`` or ``None`` (NB).
+    ``nonzero`` gives the non-zero entries of ``x`` when the caller has them (from a CSR
+    store); ``sparse`` (default: on CPU) evaluates the count-dependent terms on non-zero
+    entries only; on GPUs the dense form avoids the host sync of finding them.
+    """
+    if log_theta.dim() == 1:
+        log_theta = log_theta[None, :]
+    # kept in float32 under mixed precision (a no-op for float32 inputs)
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    log_mu, log_theta = log_mu.to(dtype), log_theta.to(dtype)
+    if dropout_logits is not None:
+        dropout_logits = dropout_logits.to(dtype)
+    if sparse is None:
+        sparse = nonzero is not None or x.device.type == "cpu"
+    if sparse and nonzero is None:
+        nonzero = NonZeros.of(x)
+    # grad mode is off inside Function.forward: decide here whether to form gradients
+    need_grad = torch.is_grad_enabled()
+    if not sparse:
+        return _CountLogLikelihood.apply(
+            x, log_mu, log_theta, dropout_logits, None, None, None, None, None, need_grad
+        )
+    return _CountLogLikelihood.apply(
+        x,
+        log_mu,
+        log_theta,
+        dropout_logits,
+        nonzero.index,
+        nonzero.row,
+        nonzero.gene,
+        nonzero.counts,
+        nonzero.log_factorial,
+        need_grad,
+    )

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .diffusion import BetaSchedule, DiffusionPrior, extend_embedding
-from .distributions import count_log_prob
+from .distributions import NonZeros, count_log_prob_sum
 from .nn import Classifier, Decoder, Encoder, Norm
 
 #: label index of an unlabelled cell in the ``labels`` tensors given to :meth:`loss`
@@ -171,19 +171,21 @@ class SCARKIDSModule(nn.Module):
         kl_weight: float = 1.0,
         classification_weight: float = 50.0,
         generator: torch.Generator | None = None,
+        nonzero: NonZeros | None = None,
     ) -> LossOutput:
         """Negative ELBO and its terms for a minibatch.
 
         ``labels`` (n,) holds label indices, ``UNLABELED`` (-1) for unlabelled cells.
         ``label_mode`` is a promise about ``labels`` made from the whole dataset (no host sync
         per step): "labelled" (none is -1), "unlabelled" (all are -1) or "mixed".
+        ``nonzero``: the non-zero entries of ``x`` when the data store has them at hand.
         """
         inf = self.inference(x, batch_index, generator=generator)
         z, std = inf["z"], inf["qz_std"]
         gen = self.generative(z, batch_index, inf["log_library"])
-        reconstruction = -count_log_prob(
-            x, gen["log_mu"], gen["log_theta"], gen["dropout_logits"]
-        ).sum(-1)
+        reconstruction = -count_log_prob_sum(
+            x, gen["log_mu"], gen["log_theta"], gen["dropout_logits"], nonzero
+        )
         entropy = std.log().sum(-1) + 0.5 * self.n_latent * math.log(2 * math.pi * math.e)
 
         n, n_labels = x.shape[0], self.n_labels
@@ -205,12 +207,11 @@ class SCARKIDSModule(nn.Module):
             cross_entropy = bound["nll"] - self.log_label_prior[safe_labels]
             diffusion_kl = bound["diffusion_kl"]
         else:
-            rep = lambda v: v.repeat_interleave(n_labels, 0)  # noqa: E731  (n*C rows)
-            all_labels = torch.arange(n_labels, device=z.device).repeat(n)
+            all_labels = torch.arange(1, n_labels + 1, device=z.device)
             bound = self.prior.negative_bound(
-                rep(z), all_labels + 1, rep(t), rep(scale), rep(eps), detach_net=detach_net
+                z, all_labels, t, scale, eps, detach_net=detach_net, every_label=True
             )
-            nll_c = bound["nll"].view(n, n_labels) - self.log_label_prior
+            nll_c = bound["nll"] - self.log_label_prior  # (n, C)
             q = log_q.exp()
             # labelled cells put all weight on their label; unlabelled use q(c|z0)
             weights = torch.where(
@@ -218,7 +219,7 @@ class SCARKIDSModule(nn.Module):
             )
             q_entropy = -(q * log_q).sum(-1) * (~is_labelled)
             cross_entropy = (weights * nll_c).sum(-1) - q_entropy
-            diffusion_kl = (weights * bound["diffusion_kl"].view(n, n_labels)).sum(-1)
+            diffusion_kl = (weights * bound["diffusion_kl"]).sum(-1)
         vae_kl = cross_entropy - entropy
 
         if label_mode == "unlabelled":
