@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .errors import CheckpointError
 
 FORMAT = "scarkids-checkpoint"
@@ -25,9 +26,12 @@ def resolve_path(path: str | os.PathLike) -> Path:
 def write_atomic(payload: dict, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename over it.
 
-    A reader never sees a half-written checkpoint, even when the process is killed.
+    A reader never sees a half-written checkpoint, even when the process is killed. In a
+    distributed run only rank 0 writes (every rank holds the same weights).
     """
     path = resolve_path(path)
+    if not distributed.is_main_process():
+        return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

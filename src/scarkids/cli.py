@@ -37,9 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    from . import distributed
     from .pipeline import console_logging
 
-    with console_logging(), warnings.catch_warnings():
+    args.argv = argv
+    # in a distributed run only rank 0 talks; the others report errors only
+    level = logging.INFO if distributed.is_main_process() else logging.ERROR
+    with console_logging(level=level), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.showwarning = _log_warning
@@ -120,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         seed_only.add_argument(f"--{name}", help=argparse.SUPPRESS)
     fresh = argparse.ArgumentParser(add_help=False)
     fresh.add_argument("--fresh", action="store_true", help="ignore an existing last.pt")
+    fresh.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="train with this many processes on this machine (PyTorch DDP: one per GPU, "
+        "or gloo on CPUs); for several machines use torchrun, see the README",
+    )
 
     p = sub.add_parser(
         "train",
@@ -211,9 +222,31 @@ def _ignored_seed_flags(args) -> None:
             log.warning("--%s is used by --mode inference only; ignored", name)
 
 
+def _relaunch(args) -> int | None:
+    """``--devices N`` (N > 1) outside torchrun: start N processes of the same command."""
+    from . import distributed
+
+    if args.devices < 1:
+        raise InputDataError(f"--devices {args.devices}: give 1 or more processes")
+    if args.devices == 1 or distributed.launched_by_torchrun():
+        return None
+    argv = list(args.argv)
+    for i, a in enumerate(argv):
+        if a == "--devices":
+            del argv[i : i + 2]
+            break
+        if a.startswith("--devices="):
+            del argv[i]
+            break
+    return distributed.launch(args.devices, argv)
+
+
 def _cmd_train(args) -> int:
     from .pipeline_train import run_train
 
+    relaunched = _relaunch(args)
+    if relaunched is not None:
+        return relaunched
     _ignored_seed_flags(args)
     cfg = _config(args)
     result = run_train(cfg, config_path=args.config, fresh=args.fresh)
@@ -224,6 +257,9 @@ def _cmd_train(args) -> int:
 def _cmd_sequential(args) -> int:
     from .pipeline_train import run_sequential
 
+    relaunched = _relaunch(args)
+    if relaunched is not None:
+        return relaunched
     _ignored_seed_flags(args)
     run_sequential(_config(args), config_path=args.config, fresh=args.fresh)
     return 0

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from . import __version__, checkpoint
+from . import __version__, checkpoint, distributed
 from .data import (
     SETUP_KEY,
     DeviceMatrix,
@@ -261,7 +261,8 @@ class SCARKIDS(ModelOutputs):
         batch parameters learn, so the existing embedding does not move. Returns ``self``.
         """
         adata = self.adata if adata is None else adata
-        self.device = resolve_device(device)
+        # under torchrun: join the process group, train on this rank's device
+        self.device = resolve_device(distributed.setup(str(device)))
         if resume_state is None:
             torch.manual_seed(seed)
         n_batches_before = len(self.registry.batch_categories)

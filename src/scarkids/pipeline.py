@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import distributed
 from .config import config_hash, load_config
 from .errors import ConfigError, InputDataError
 
@@ -178,8 +179,8 @@ class DeferredLog:
 
     def open(self) -> Path:
         """Create (append to) the log file and write the records held so far; idempotent."""
-        if self._file is not None:
-            return self.path
+        if self._file is not None or not distributed.is_main_process():
+            return self.path  # (in a distributed run rank 0 alone writes the log)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             handler = logging.FileHandler(self.path, encoding="utf-8")

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import DeviceMatrix
+from .distributed import all_reduce_sum
 from .errors import TrainingError
 from .module import SCARKIDSModule
 
@@ -104,12 +106,24 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """Minibatch bounds; a trailing batch of one cell is dropped (BatchNorm needs two)."""
+def _batches(n: int, batch_size: int, min_size: int = 2) -> list[tuple[int, int]]:
+    """Minibatch bounds; a trailing batch under ``min_size`` cells is dropped (BatchNorm
+    needs two; in a distributed run every rank needs at least two)."""
     bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2:
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_size:
         bounds.pop()
     return bounds
+
+
+class _LossRunner(torch.nn.Module):
+    """Puts ``module.loss`` behind ``forward``, where DistributedDataParallel hooks in."""
+
+    def __init__(self, module: SCARKIDSModule):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module.loss(*args, **kwargs)
 
 
 class _Accumulator:
@@ -135,7 +149,8 @@ class _Accumulator:
         )
 
     def read(self, classification_weight: float) -> dict[str, float]:
-        loss_sum, rec, kl, dkl, clf, n_lab, n_cor, n = self.sums.tolist()
+        """Per-cell means over everything added (on every rank, in a distributed run)."""
+        loss_sum, rec, kl, dkl, clf, n_lab, n_cor, n = all_reduce_sum(self.sums).tolist()
         n = max(n, 1.0)
         out = {
             "reconstruction": rec / n,
@@ -163,17 +178,20 @@ def evaluate_loss(
     """Validation terms with a fixed noise draw (the same every epoch, so epochs compare)."""
     was_training = module.training
     module.eval()
-    gen = torch.Generator(device=index.device).manual_seed(seed)
+    gen = torch.Generator(device=index.device).manual_seed(seed + distributed.rank())
     acc = _Accumulator(index.device)
+    index = index.tensor_split(distributed.world_size())[distributed.rank()]
     for start, end in _batches(index.shape[0], chunk):
         idx = index[start:end]
+        x, nonzero = data.X.rows_and_nonzeros(idx)
         out = module.loss(
-            data.X.rows(idx),
+            x,
             data.batch[idx],
             data.labels[idx],
             label_mode=data.label_mode,
             classification_weight=settings.classification_weight,
             generator=gen,
+            nonzero=nonzero,
         )
         acc.add(out, out.loss * idx.shape[0])
     module.train(was_training)
@@ -215,6 +233,10 @@ def _lr_factor(settings: TrainingSettings, epoch: int) -> float:
     return 1.0
 
 
+def _fused_ok(params: list[torch.nn.Parameter]) -> bool:
+    return all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def train_module(
     module: SCARKIDSModule,
     data: TrainingData,
@@ -230,7 +252,8 @@ def train_module(
     ``state`` resumes a run (optimizer moments, RNG, history, early-stopping counters).
     ``trainable`` restricts the optimised parameters; ``grad_masks`` zeroes the gradient of
     parameter entries (scArches-style: only new batch rows learn). ``on_epoch_end(state,
-    metrics, is_best)`` is called after every epoch (checkpointing, logging).
+    metrics, is_best)`` is called after every epoch (checkpointing, logging; on rank 0 only
+    in a distributed run, see :mod:`scarkids.distributed`).
     The module ends with the weights of the best validation epoch.
     """
     state = state or TrainingState()
@@ -249,7 +272,10 @@ def train_module(
     groups = [g for g in groups if g["params"]]
 
     def make_optimizer(lr: float) -> torch.optim.AdamW:
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=settings.weight_decay)
+        # the fused kernel: one pass over all parameters instead of one op per tensor
+        return torch.optim.AdamW(
+            groups, lr=lr, weight_decay=settings.weight_decay, fused=_fused_ok(params)
+        )
 
     optimizer = make_optimizer(settings.learning_rate)
     if state.optimizer_state is not None:
@@ -258,15 +284,24 @@ def train_module(
         set_rng_state(state.rng_state)
     has_val = data.val_index.numel() > 0
     n_train = data.train_index.shape[0]
-    bounds = _batches(n_train, settings.batch_size)
+    world, rank = distributed.world_size(), distributed.rank()
+    bounds = _batches(n_train, settings.batch_size, min_size=max(2, 2 * world))
     retries = settings.nan_retries
+    runner: torch.nn.Module = _LossRunner(module)
+    if world > 1:
+        device = data.train_index.device
+        runner = torch.nn.parallel.DistributedDataParallel(
+            runner, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        if state.epoch == 0:  # each rank its own noise stream (the weights are rank 0's)
+            torch.manual_seed(settings.seed * 1009 + rank)
 
     bar = tqdm(
         total=settings.max_epochs,
         initial=state.epoch,
         desc=settings.name,
         unit="epoch",
-        disable=not settings.progress_bar,
+        disable=not settings.progress_bar or rank != 0,
         dynamic_ncols=True,
     )
     module.train()
@@ -287,17 +322,26 @@ def train_module(
                 state.cluster_init_epoch = epoch
             if state.pseudo_labels is not None and epoch < init + settings.cluster_pretrain_epochs:
                 labels, label_mode = state.pseudo_labels.to(labels.device), "labelled"
-        perm = data.train_index[torch.randperm(n_train, device=data.train_index.device)]
+        if world > 1:  # the same permutation on every rank; each takes a share of a batch
+            shuffle = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
+            order = torch.randperm(n_train, generator=shuffle).to(data.train_index.device)
+        else:
+            order = torch.randperm(n_train, device=data.train_index.device)
+        perm = data.train_index[order]
         acc = _Accumulator(perm.device)
         for start, end in bounds:
             idx = perm[start:end]
-            out = module.loss(
-                data.X.rows(idx),
+            if world > 1:
+                idx = idx.tensor_split(world)[rank]
+            x, nonzero = data.X.rows_and_nonzeros(idx)
+            out = runner(
+                x,
                 data.batch[idx],
                 labels[idx],
                 label_mode=label_mode,
                 kl_weight=kl_weight,
                 classification_weight=settings.classification_weight,
+                nonzero=nonzero,
             )
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -308,7 +352,7 @@ def train_module(
             if settings.grad_clip_norm:
                 torch.nn.utils.clip_grad_norm_(params, settings.grad_clip_norm)
             optimizer.step()
-            acc.add(out, out.loss * (end - start))
+            acc.add(out, out.loss * idx.shape[0])
         train_metrics = acc.read(settings.classification_weight)
         metrics = {f"train_{k}": v for k, v in train_metrics.items() if not k.startswith("_")}
         finite = train_metrics["_finite"]
@@ -369,7 +413,7 @@ def train_module(
             loss=f"{metrics['train_loss']:.1f}",
             **({"val": f"{metrics['val_loss']:.1f}"} if has_val else {}),
         )
-        if on_epoch_end is not None:
+        if on_epoch_end is not None and rank == 0:  # files and logs: rank 0 only
             on_epoch_end(state, metrics, is_best)
     bar.close()
     if settings.early_stopping and state.best_state is not None:
