@@ -50,7 +50,11 @@ class Registry:
 
 def describe(adata, source: str | None) -> str:
     """The name used in error messages: the file path when known."""
-    return source or "AnnData"
+    if source:
+        return source
+    if getattr(adata, "isbacked", False):
+        return str(adata.filename)
+    return "AnnData"
 
 
 def get_counts(adata, layer: str | None, *, source: str | None = None) -> sp.csr_matrix:
@@ -75,6 +79,15 @@ def get_counts(adata, layer: str | None, *, source: str | None = None) -> sp.csr
         raise InputDataError(
             f"{where}: {what} is empty ({adata.n_obs} cells x {adata.n_vars} genes)"
         )
+    if getattr(adata, "isbacked", False) and layer is None:
+        from .backed import BackedCounts  # out-of-core: read and checked chunk by chunk
+
+        return BackedCounts(adata, where=where)
+    return check_counts(X, where=where, what=what)
+
+
+def check_counts(X, *, where: str, what: str = "X") -> sp.csr_matrix:
+    """``X`` as float32 CSR after the raw-count checks of :func:`get_counts`."""
     if not sp.issparse(X):
         X = sp.csr_matrix(np.asarray(X))
     X = sp.csr_matrix(X, dtype=np.float32)
@@ -172,6 +185,8 @@ def align_genes(adata, gene_names: list[str], *, source: str | None = None) -> n
 
 def select_columns(X: sp.csr_matrix, positions: np.ndarray) -> sp.csr_matrix:
     """Columns ``positions`` of ``X`` in that order; -1 gives an all-zero column."""
+    if hasattr(X, "with_columns"):  # counts on disk: selected as each chunk is read
+        return X.with_columns(positions)
     if (positions >= 0).all():
         if np.array_equal(positions, np.arange(X.shape[1])):
             return X
@@ -209,9 +224,22 @@ class DeviceMatrix:
             X.sum_duplicates()
             X.eliminate_zeros()
             self.crow = torch.as_tensor(X.indptr.astype(np.int64), device=device)
-            self.col = torch.as_tensor(X.indices.astype(np.int64), device=device)
+            self.col = torch.as_tensor(X.indices.astype(np.int32), device=device)
             self.val = torch.as_tensor(X.data, dtype=torch.float32, device=device)
             self.log_factorial = torch.lgamma(self.val + 1.0)
+
+    def shuffle(
+        self, index: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The cells ``index`` in a random order (one epoch's visiting order)."""
+        if generator is not None:  # a CPU generator shared by all ranks of a distributed run
+            order = torch.randperm(index.shape[0], generator=generator).to(index.device)
+        else:
+            order = torch.randperm(index.shape[0], device=index.device)
+        return index[order]
+
+    def end_epoch(self) -> None:
+        """Nothing to release: all rows stay on the device (see ChunkedStore)."""
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """Dense float32 rows ``index`` (on the device), shape ``(len(index), n_genes)``."""
@@ -232,7 +260,7 @@ class DeviceMatrix:
         # minus the output offset of its row, plus the row's start in the store
         shift = (starts - (torch.cumsum(lengths, 0) - lengths)).index_select(0, row)
         pos = torch.arange(total, device=self.device) + shift
-        gene = self.col.index_select(0, pos)
+        gene = self.col.index_select(0, pos).long()
         flat = row * n_genes + gene
         counts = self.val.index_select(0, pos)
         out = torch.zeros(n * n_genes, dtype=torch.float32, device=self.device)

@@ -37,45 +37,116 @@ def simulate(
     ``obs['batch']`` (``batch_0`` ...) and ``obs['cell_type']`` (``type_0`` ...), and
     ``obs['library_size']``.
     """
-    rng = np.random.default_rng(seed)
-    base = rng.normal(0.0, 1.0, n_genes)  # log relative expression per gene
-    programmes = np.zeros((n_cell_types, n_genes))
-    n_de = max(1, int(round(de_fraction * n_genes)))
-    for k in range(n_cell_types):
-        genes = rng.choice(n_genes, n_de, replace=False)
-        programmes[k, genes] = rng.normal(0.0, de_scale, n_de)
-    batch_factors = rng.normal(0.0, batch_effect, (n_batches, n_genes))
-    batch_library = np.exp(rng.normal(0.0, library_shift, n_batches))
-
-    batch = rng.integers(0, n_batches, n_cells)
-    proportions = rng.dirichlet(np.full(n_cell_types, 3.0), size=n_batches)
-    u = rng.random(n_cells)[:, None]
-    cell_type = (u > np.cumsum(proportions[batch], axis=1)).sum(1).clip(max=n_cell_types - 1)
-
-    lib = library_size * batch_library[batch] * np.exp(rng.normal(0.0, 0.25, n_cells))
+    plan = _Plan(
+        n_cells, n_genes, n_batches, n_cell_types, de_fraction, de_scale, batch_effect,
+        library_size, library_shift, dispersion, seed,
+    )  # fmt: skip
     # cells are drawn in chunks so that a million cells never need a dense matrix
-    chunks = []
-    for start in range(0, n_cells, chunk_size):
-        sl = slice(start, min(start + chunk_size, n_cells))
-        log_rate = base[None, :] + programmes[cell_type[sl]] + batch_factors[batch[sl]]
-        rho = np.exp(log_rate - log_rate.max(1, keepdims=True))
-        rho /= rho.sum(1, keepdims=True)
-        mu = rho * lib[sl, None]
-        gamma = rng.gamma(dispersion, mu / dispersion)  # NB as a gamma-Poisson mixture
-        chunks.append(sp.csr_matrix(rng.poisson(gamma).astype(np.float32)))
+    chunks = [plan.counts(sl) for sl in _slices(n_cells, chunk_size)]
     counts = sp.vstack(chunks).tocsr() if len(chunks) > 1 else chunks[0]
-
-    obs = pd.DataFrame(
-        {
-            "batch": pd.Categorical(
-                [f"batch_{b}" for b in batch], [f"batch_{b}" for b in range(n_batches)]
-            ),
-            "cell_type": pd.Categorical(
-                [f"type_{c}" for c in cell_type], [f"type_{c}" for c in range(n_cell_types)]
-            ),
-        },
-        index=pd.Index([f"cell_{i}" for i in range(n_cells)]),
-    )
+    obs = plan.obs()
     obs["library_size"] = np.asarray(counts.sum(1)).ravel()
     var = pd.DataFrame(index=[f"gene_{g}" for g in range(n_genes)])
     return ad.AnnData(X=counts, obs=obs, var=var)
+
+
+def _slices(n: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+class _Plan:
+    """The random design of a simulation (per-gene and per-cell parameters); counts for any
+    range of cells are then drawn independently of the others."""
+
+    def __init__(
+        self, n_cells, n_genes, n_batches, n_cell_types, de_fraction, de_scale,
+        batch_effect, library_size, library_shift, dispersion, seed,
+    ):  # fmt: skip
+        rng = np.random.default_rng(seed)
+        self.rng = rng
+        self.dispersion = dispersion
+        self.n_batches, self.n_cell_types = n_batches, n_cell_types
+        self.base = rng.normal(0.0, 1.0, n_genes)  # log relative expression per gene
+        self.programmes = np.zeros((n_cell_types, n_genes))
+        n_de = max(1, int(round(de_fraction * n_genes)))
+        for k in range(n_cell_types):
+            genes = rng.choice(n_genes, n_de, replace=False)
+            self.programmes[k, genes] = rng.normal(0.0, de_scale, n_de)
+        self.batch_factors = rng.normal(0.0, batch_effect, (n_batches, n_genes))
+        batch_library = np.exp(rng.normal(0.0, library_shift, n_batches))
+        self.batch = rng.integers(0, n_batches, n_cells)
+        proportions = rng.dirichlet(np.full(n_cell_types, 3.0), size=n_batches)
+        u = rng.random(n_cells)[:, None]
+        self.cell_type = (
+            (u > np.cumsum(proportions[self.batch], axis=1)).sum(1).clip(max=n_cell_types - 1)
+        )
+        self.lib = library_size * batch_library[self.batch] * np.exp(rng.normal(0.0, 0.25, n_cells))
+
+    def counts(self, sl: slice) -> sp.csr_matrix:
+        rng = self.rng
+        log_rate = (
+            self.base[None, :]
+            + self.programmes[self.cell_type[sl]]
+            + self.batch_factors[self.batch[sl]]
+        )
+        rho = np.exp(log_rate - log_rate.max(1, keepdims=True))
+        rho /= rho.sum(1, keepdims=True)
+        mu = rho * self.lib[sl, None]
+        gamma = rng.gamma(self.dispersion, mu / self.dispersion)  # NB as a gamma-Poisson mixture
+        return sp.csr_matrix(rng.poisson(gamma).astype(np.float32))
+
+    def obs(self) -> pd.DataFrame:
+        nb, nc = self.n_batches, self.n_cell_types
+        return pd.DataFrame(
+            {
+                "batch": pd.Categorical(
+                    np.array([f"batch_{b}" for b in range(nb)])[self.batch],
+                    [f"batch_{b}" for b in range(nb)],
+                ),
+                "cell_type": pd.Categorical(
+                    np.array([f"type_{c}" for c in range(nc)])[self.cell_type],
+                    [f"type_{c}" for c in range(nc)],
+                ),
+            },
+            index=pd.Index([f"cell_{i}" for i in range(len(self.batch))]),
+        )
+
+
+def write_simulated_h5ad(
+    path,
+    n_cells: int,
+    n_genes: int,
+    *,
+    chunk_size: int = 20_000,
+    progress: bool = False,
+    **kwargs,
+):
+    """Simulate as :func:`simulate` does (same keyword arguments) and write an ``.h5ad``
+    chunk by chunk, for data sets larger than memory (``X`` is CSR float32 on disk).
+    Peak memory is one chunk. Returns the path."""
+    import h5py
+    from anndata.io import sparse_dataset, write_elem
+    from tqdm.auto import tqdm
+
+    defaults = dict(
+        n_batches=3, n_cell_types=5, de_fraction=0.1, de_scale=1.5, batch_effect=0.6,
+        library_size=3000.0, library_shift=0.4, dispersion=5.0, seed=0,
+    )  # fmt: skip
+    defaults.update(kwargs)
+    plan = _Plan(n_cells, n_genes, **defaults)
+    obs = plan.obs()
+    library = np.zeros(n_cells, dtype=np.float32)
+    var = pd.DataFrame(index=[f"gene_{g}" for g in range(n_genes)])
+    ad.AnnData(obs=obs, var=var).write_h5ad(path)
+    with h5py.File(path, "a") as f:
+        for i, sl in enumerate(tqdm(_slices(n_cells, chunk_size), disable=not progress)):
+            chunk = plan.counts(sl)
+            library[sl] = np.asarray(chunk.sum(1)).ravel()
+            if i == 0:
+                write_elem(f, "X", chunk)
+            else:
+                sparse_dataset(f["X"]).append(chunk)
+        obs["library_size"] = library
+        del f["obs"]
+        write_elem(f, "obs", obs)
+    return path

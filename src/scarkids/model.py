@@ -12,6 +12,7 @@ import scipy.sparse as sp
 import torch
 
 from . import __version__, checkpoint, distributed
+from .backed import BackedCounts, ChunkedStore
 from .data import (
     SETUP_KEY,
     DeviceMatrix,
@@ -252,6 +253,7 @@ class SCARKIDS(ModelOutputs):
         name: str = "scARKIDS",
         resume_state: TrainingState | None = None,
         on_epoch_end: EpochCallback | None = None,
+        chunk_cells: int = 8192,
     ) -> SCARKIDS:
         """Train on ``adata`` (default: the AnnData given at construction).
 
@@ -259,6 +261,10 @@ class SCARKIDS(ModelOutputs):
         data's setup names a labels column. In a later session, batches and (when supervised)
         cell types the model has not seen are added; with ``freeze="new_batches"`` only the new
         batch parameters learn, so the existing embedding does not move. Returns ``self``.
+
+        A backed AnnData (``anndata.read_h5ad(path, backed="r")``) trains out of core: its
+        counts are read in chunks of ``chunk_cells`` cells and shuffled within a buffer of
+        8 chunks (see :mod:`scarkids.backed`).
         """
         adata = self.adata if adata is None else adata
         # under torchrun: join the process group, train on this rank's device
@@ -270,6 +276,11 @@ class SCARKIDS(ModelOutputs):
         use_labels = "ignore" if supervised is False else "use"
         X, batch, labels = self._encode(adata, labels=use_labels, new_categories=True)
         if validation_adata is not None:
+            if isinstance(X, BackedCounts):
+                raise InputDataError(
+                    "validation_adata cannot be combined with backed (on-disk) training data; "
+                    "use validation_fraction instead"
+                )
             Xv, bv, lv = self._encode(validation_adata, labels=use_labels, new_categories=True)
         if supervised and (labels < 0).all():
             raise InputDataError("supervised training needs labelled cells, but none are labelled")
@@ -292,7 +303,11 @@ class SCARKIDS(ModelOutputs):
         dev = self.device
         self.module.to(dev)
         data = TrainingData(
-            X=DeviceMatrix(X, dev),
+            X=(
+                ChunkedStore(X, dev, chunk_cells=chunk_cells)
+                if isinstance(X, BackedCounts)
+                else DeviceMatrix(X, dev)
+            ),
             batch=torch.as_tensor(batch, device=dev),
             labels=torch.as_tensor(labels, device=dev),
             train_index=torch.as_tensor(train_idx, device=dev),

@@ -31,7 +31,7 @@ METRICS = ("loss", "reconstruction", "vae_kl", "diffusion_kl", "classification",
 class TrainingData:
     """Device-resident tensors for one training run."""
 
-    X: DeviceMatrix
+    X: DeviceMatrix  # or a ChunkedStore (counts read from disk)
     batch: torch.Tensor  # (n,) long
     labels: torch.Tensor  # (n,) long, -1 = unlabelled
     train_index: torch.Tensor  # (n_train,) long
@@ -322,12 +322,10 @@ def train_module(
                 state.cluster_init_epoch = epoch
             if state.pseudo_labels is not None and epoch < init + settings.cluster_pretrain_epochs:
                 labels, label_mode = state.pseudo_labels.to(labels.device), "labelled"
+        shuffle = None
         if world > 1:  # the same permutation on every rank; each takes a share of a batch
             shuffle = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
-            order = torch.randperm(n_train, generator=shuffle).to(data.train_index.device)
-        else:
-            order = torch.randperm(n_train, device=data.train_index.device)
-        perm = data.train_index[order]
+        perm = data.X.shuffle(data.train_index, shuffle)
         acc = _Accumulator(perm.device)
         for start, end in bounds:
             idx = perm[start:end]
@@ -353,6 +351,7 @@ def train_module(
                 torch.nn.utils.clip_grad_norm_(params, settings.grad_clip_norm)
             optimizer.step()
             acc.add(out, out.loss * idx.shape[0])
+        data.X.end_epoch()
         train_metrics = acc.read(settings.classification_weight)
         metrics = {f"train_{k}": v for k, v in train_metrics.items() if not k.startswith("_")}
         finite = train_metrics["_finite"]
