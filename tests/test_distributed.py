@@ -43,13 +43,12 @@ def runs(tmp_path_factory):
     work = tmp_path_factory.mktemp("ddp")
     simulate(1200, 150, n_batches=3, n_cell_types=4, seed=0).write_h5ad(work / "train.h5ad")
     out = {}
-    for name, devices in (("ddp", 2), ("single", 1)):
+    for name, devices in (("ddp", ["--devices", "2"]), ("single", [])):
         cfg = {**CONFIG, "training": {**CONFIG["training"]}}
         cfg["training"].update(checkpoint_dir=f"ckpt_{name}", log_dir=f"logs_{name}")
         (work / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
         proc = subprocess.run(
-            [sys.executable, "-m", "scarkids", "train", "--config", f"{name}.yaml"]
-            + ["--devices", str(devices)],
+            [sys.executable, "-m", "scarkids", "train", "--config", f"{name}.yaml", *devices],
             cwd=work,
             env=_env(),
             capture_output=True,

@@ -127,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     fresh.add_argument(
         "--devices",
         type=int,
-        default=1,
-        help="train with this many processes on this machine (PyTorch DDP: one per GPU, "
-        "or gloo on CPUs); for several machines use torchrun, see the README",
+        help="train with this many processes on this machine through PyTorch DDP (one per "
+        "GPU, or gloo on CPUs; 1 = the distributed code path with one process); for several "
+        "machines use torchrun, see the README",
     )
 
     p = sub.add_parser(
@@ -226,10 +226,10 @@ def _relaunch(args) -> int | None:
     """``--devices N`` (N > 1) outside torchrun: start N processes of the same command."""
     from . import distributed
 
+    if args.devices is None or distributed.launched_by_torchrun():
+        return None
     if args.devices < 1:
         raise InputDataError(f"--devices {args.devices}: give 1 or more processes")
-    if args.devices == 1 or distributed.launched_by_torchrun():
-        return None
     argv = list(args.argv)
     for i, a in enumerate(argv):
         if a == "--devices":

@@ -12,6 +12,7 @@ writes files and logs.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from datetime import timedelta
@@ -36,7 +37,8 @@ def is_main_process() -> bool:
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """torchrun sets these for every process it starts (also for a single one)."""
+    return "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
 
 def setup(device: str = "auto") -> str:
@@ -52,10 +54,19 @@ def setup(device: str = "auto") -> str:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30)
-        )
+        backend = "nccl" if use_cuda else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        if dist.get_rank() == 0:
+            logging.getLogger("scarkids.run").info(
+                "Distributed training (DDP): %d process(es), backend %s",
+                dist.get_world_size(),
+                backend,
+            )
     return f"cuda:{local_rank}" if use_cuda else "cpu"
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

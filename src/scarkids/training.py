@@ -288,7 +288,7 @@ def train_module(
     bounds = _batches(n_train, settings.batch_size, min_size=max(2, 2 * world))
     retries = settings.nan_retries
     runner: torch.nn.Module = _LossRunner(module)
-    if world > 1:
+    if distributed.is_initialized():  # torchrun, also with one process (--devices 1)
         device = data.train_index.device
         runner = torch.nn.parallel.DistributedDataParallel(
             runner, device_ids=[device.index] if device.type == "cuda" else None
