@@ -102,14 +102,25 @@ def check_counts(X, *, where: str, what: str = "X") -> sp.csr_matrix:
                 f"{where}: {what} has negative values (min {data.min():.3g}); it looks scaled or "
                 "normalised, give raw counts (set data.counts_layer if they are in a layer)"
             )
-        frac = np.abs(data - np.round(data))
-        if frac.max() > INTEGER_TOLERANCE:
+        example = _first_non_integer(data)
+        if example is not None:
             hint = "it looks log-normalised" if data.max() < 20 else "values are not integers"
             raise InputDataError(
-                f"{where}: {what} does not hold raw counts ({hint}, e.g. {data[frac.argmax()]:.4g}); "
+                f"{where}: {what} does not hold raw counts ({hint}, e.g. {example:.4g}); "
                 "give integer counts (set data.counts_layer if they are in a layer, or round them)"
             )
     return X
+
+
+def _first_non_integer(data: np.ndarray, piece: int = 1 << 24) -> float | None:
+    """A value of ``data`` that is not an integer (beyond the tolerance), or None. Checked
+    in pieces: no full-size temporaries for hundreds of millions of values."""
+    for start in range(0, data.size, piece):
+        part = data[start : start + piece]
+        frac = np.abs(part - np.round(part))
+        if frac.max() > INTEGER_TOLERANCE:
+            return float(part[frac.argmax()])
+    return None
 
 
 def category_codes(
@@ -224,9 +235,14 @@ class DeviceMatrix:
             X.sum_duplicates()
             X.eliminate_zeros()
             self.crow = torch.as_tensor(X.indptr.astype(np.int64), device=device)
-            self.col = torch.as_tensor(X.indices.astype(np.int32), device=device)
+            # on CPUs these share the scipy arrays (no copy of the data)
+            self.col = torch.as_tensor(X.indices.astype(np.int32, copy=False), device=device)
             self.val = torch.as_tensor(X.data, dtype=torch.float32, device=device)
-            self.log_factorial = torch.lgamma(self.val + 1.0)
+            # lgamma(x + 1) per stored value saves time per step; above 256M values it would
+            # cost more memory than it is worth and is computed per minibatch instead
+            self.log_factorial = (
+                torch.lgamma(self.val + 1.0) if self.val.numel() <= 1 << 28 else None
+            )
 
     def shuffle(
         self, index: torch.Tensor, generator: torch.Generator | None = None
@@ -265,5 +281,10 @@ class DeviceMatrix:
         counts = self.val.index_select(0, pos)
         out = torch.zeros(n * n_genes, dtype=torch.float32, device=self.device)
         out.index_copy_(0, flat, counts)
-        nonzeros = NonZeros(flat, row, gene, counts, self.log_factorial.index_select(0, pos))
+        log_factorial = (
+            self.log_factorial.index_select(0, pos)
+            if self.log_factorial is not None
+            else torch.lgamma(counts + 1.0)
+        )
+        nonzeros = NonZeros(flat, row, gene, counts, log_factorial)
         return out.view(n, n_genes), nonzeros

@@ -245,7 +245,7 @@ class SCARKIDS(ModelOutputs):
         classification_weight: float = 50.0,
         grad_clip_norm: float | None = 10.0,
         supervised: bool | None = None,
-        freeze: Literal["new_batches", "none"] = "new_batches",
+        freeze: Literal["new_batches", "decoder_batch", "none"] = "new_batches",
         nan_retries: int = 2,
         seed: int = 0,
         device: str | torch.device = "auto",
@@ -260,7 +260,9 @@ class SCARKIDS(ModelOutputs):
         ``supervised=False`` ignores labels (unsupervised session); ``None`` uses them when the
         data's setup names a labels column. In a later session, batches and (when supervised)
         cell types the model has not seen are added; with ``freeze="new_batches"`` only the new
-        batch parameters learn, so the existing embedding does not move. Returns ``self``.
+        batch parameters learn, so the existing embedding does not move; ``"decoder_batch"``
+        also fine-tunes the decoder (the encoder, hence every reference cell's latent, the
+        classifier and the prior stay fixed); ``"none"`` trains everything. Returns ``self``.
 
         A backed AnnData (``anndata.read_h5ad(path, backed="r")``) trains out of core: its
         counts are read in chunks of ``chunk_cells`` cells and shuffled within a buffer of
@@ -380,7 +382,11 @@ class SCARKIDS(ModelOutputs):
             mask = torch.zeros_like(param)
             mask[n_batches_before:] = 1.0  # rows of the new batches learn, the others stay
             masks[param] = mask
-        return per_batch, masks
+        trainable = list(per_batch)
+        if freeze == "decoder_batch":  # also fine-tune the rest of the decoder
+            in_plan = {id(p) for p in per_batch}
+            trainable += [p for p in decoder.parameters() if id(p) not in in_plan]
+        return trainable, masks
 
     @classmethod
     def load_query_data(
