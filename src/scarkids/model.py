@@ -173,7 +173,8 @@ class SCARKIDS(ModelOutputs):
         labels: Literal["use", "ignore"] = "use",
         new_categories: bool = False,
         source: str | None = None,
-    ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+        counts: bool = True,
+    ) -> tuple[sp.csr_matrix | None, np.ndarray, np.ndarray]:
         """Counts aligned to the model's genes, batch codes, label codes (-1 = unlabelled).
 
         With ``new_categories`` unseen batch and label names are added to the registry (the
@@ -185,8 +186,10 @@ class SCARKIDS(ModelOutputs):
             "layer": self.registry.layer,
             "unlabeled_category": self.registry.unlabeled_category,
         }
-        X = get_counts(adata, setup["layer"], source=source)
-        X = select_columns(X, align_genes(adata, self.registry.gene_names, source=source))
+        X = None  # counts=False: the caller needs the codes only
+        if counts:
+            X = get_counts(adata, setup["layer"], source=source)
+            X = select_columns(X, align_genes(adata, self.registry.gene_names, source=source))
         batch_col = obs_column(adata, setup["batch_key"], source=source, what="batch")
         if new_categories:
             for name in sorted_categories(batch_col):
@@ -219,11 +222,12 @@ class SCARKIDS(ModelOutputs):
     def _chunks(
         self, adata, batch_size: int, **kw
     ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+        """``(cell slice, dense counts or None when counts=False, batch codes)`` chunks."""
         adata = self.adata if adata is None else adata
         X, batch, _ = self._encode(adata, labels="ignore", **kw)
-        for start in range(0, X.shape[0], batch_size):
-            sl = slice(start, min(start + batch_size, X.shape[0]))
-            x = torch.as_tensor(X[sl].toarray(), device=self.device)
+        for start in range(0, adata.n_obs, batch_size):
+            sl = slice(start, min(start + batch_size, adata.n_obs))
+            x = torch.as_tensor(X[sl].toarray(), device=self.device) if X is not None else None
             yield sl, x, torch.as_tensor(batch[sl], device=self.device)
 
     # ----------------------------------------------------------------- training

@@ -73,7 +73,8 @@ class ModelOutputs:
         """Yield ``(cell slice, float32 chunk)`` of :meth:`get_normalized_expression`."""
         targets = self._batch_indices(transform_batch)
         self.module.eval()
-        for sl, x, b in self._chunks(adata, batch_size):
+        # with a latent given only the batch codes are needed, not the counts
+        for sl, x, b in self._chunks(adata, batch_size, counts=latent is None):
             z = (
                 torch.as_tensor(latent[sl], device=self.device)
                 if latent is not None
@@ -82,7 +83,7 @@ class ModelOutputs:
             if targets is None:
                 rho = self.module.generative(z, b, None)["log_rho"].exp()
             else:
-                rho = torch.zeros_like(x)
+                rho = torch.zeros((z.shape[0], len(self.registry.gene_names)), device=z.device)
                 for t in targets:
                     bt = torch.full_like(b, t)
                     rho += self.module.generative(z, bt, None)["log_rho"].exp()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ from .pipeline import (
     require,
     versions,
     write_atomic,
-    write_h5ad,
     write_json,
 )
 from .preprocessing import check_columns, read_h5ad, restrict_genes, zero_count_cells
@@ -101,17 +101,14 @@ def run_inference(
             write_atomic(out_dir / PREDICTIONS_FILE, lambda tmp: table.to_csv(tmp, index=False))
         )
     if inf["save_corrected_expression"]:
-        expression = np.empty((adata.n_obs, len(model.registry.gene_names)), dtype=np.float32)
-        for sl, chunk in model.iter_normalized_expression(
+        chunks = model.iter_normalized_expression(
             adata,
             transform_batch=target_index,
             library_size=inf["library_size"],
             batch_size=min(inf["batch_size"], 1024),
-            latent=refined,
-        ):
-            expression[sl] = chunk
-        lap("expression")
-        out = _expression_adata(adata, model, expression, latent, refined, predictions)
+            latent=refined if refined is not None else latent,  # no second encoder pass
+        )
+        out = _expression_adata(adata, model, latent, refined, predictions)
         out.uns["scarkids"] = {
             "target_batch": target,
             "target_batch_index": target_index,
@@ -120,8 +117,8 @@ def run_inference(
             "checkpoint": str(ckpt),
             "version": versions()["scarkids"],
         }
-        written.append(write_h5ad(out_dir / EXPRESSION_FILE, out))
-    lap("write")
+        written.append(_write_expression_h5ad(out_dir / EXPRESSION_FILE, out, chunks))
+        lap("expression")
 
     info = {
         "checkpoint": str(ckpt),
@@ -198,7 +195,29 @@ def _write_npy(path: Path, array: np.ndarray) -> Path:
     return write_atomic(path, write)
 
 
-def _expression_adata(adata, model, expression, latent, refined, predictions):
+def _write_expression_h5ad(path: Path, out, chunks) -> Path:
+    """``out`` (an AnnData without X) with X (cells x genes, float32) written chunk by chunk
+    from ``chunks`` (``(cell slice, array)`` pairs): memory holds one chunk, not the matrix."""
+    import h5py
+
+    shape = (out.n_obs, out.n_vars)
+
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            out.write_h5ad(tmp)
+        with h5py.File(tmp, "a") as f:
+            rows = max(1, min(shape[0], (1 << 20) // max(shape[1], 1)))  # ~4 MiB chunks
+            X = f.create_dataset("X", shape=shape, dtype="float32", chunks=(rows, shape[1]))
+            X.attrs["encoding-type"] = "array"
+            X.attrs["encoding-version"] = "0.2.0"
+            for sl, chunk in chunks:
+                X[sl] = chunk
+
+    return write_atomic(path, write)
+
+
+def _expression_adata(adata, model, latent, refined, predictions):
     import anndata as ad
 
     obs = adata.obs.copy()
@@ -206,7 +225,6 @@ def _expression_adata(adata, model, expression, latent, refined, predictions):
     obs["prediction_probability"] = predictions["probability"].to_numpy(dtype=np.float32)
     obs["prediction_entropy"] = predictions["entropy"].to_numpy(dtype=np.float32)
     out = ad.AnnData(
-        X=expression,
         obs=obs,
         var=pd.DataFrame(index=pd.Index(model.registry.gene_names, name="gene")),
     )
