@@ -132,13 +132,13 @@ class _CountLogLikelihood(torch.autograd.Function):
         d = log_mu - log_theta
         soft_d = F.softplus(d)
         a = -theta * soft_d
-        p = torch.exp(d - soft_d)
+        p = torch.sigmoid(d)
         theta_p = theta * p
         if dropout_logits is not None:
             soft_l = F.softplus(dropout_logits)
             zero_case = torch.logaddexp(dropout_logits, a)
             w = torch.exp(dropout_logits - zero_case)  # posterior weight of the dropout branch
-            sig_l = torch.exp(dropout_logits - soft_l)
+            sig_l = torch.sigmoid(dropout_logits)
             dense = zero_case - soft_l
         else:
             zero_case = dense = a
