@@ -8,7 +8,7 @@ simulated counts are written to /tmp once per size and read into memory by each 
 methods see the same counts (2000 genes), 90% of cells for training, batch size
 128, 128 hidden units, 10 latent dimensions, the same number of epochs, no early stopping.
 Prints a table (cells/s, ratio to scVI in the same run, peak RSS) and writes it to
-benchmarks/results/speed_<device>.md.
+benchmarks/results/speed_<device>_<sizes>.md.
 """
 
 from __future__ import annotations
@@ -198,7 +198,9 @@ def main() -> None:
     )
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"speed_{args.device}.md").write_text(header + text + "\n")
+    (RESULTS / f"speed_{args.device}_{args.sizes.replace(',', '_')}.md").write_text(
+        header + text + "\n"
+    )
 
 
 if __name__ == "__main__":
