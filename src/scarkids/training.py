@@ -8,6 +8,8 @@ never synchronises with the host (except the CSR row gather, which needs one siz
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -173,7 +175,7 @@ def evaluate_loss(
     settings: TrainingSettings,
     *,
     seed: int = 0,
-    chunk: int = 4096,
+    chunk: int = 1024,  # the likelihood keeps ~15 (chunk x genes) temporaries: bounded memory
 ) -> dict[str, float]:
     """Validation terms with a fixed noise draw (the same every epoch, so epochs compare)."""
     was_training = module.training
@@ -231,6 +233,23 @@ def _lr_factor(settings: TrainingSettings, epoch: int) -> float:
     if settings.lr_scheduler == "step":
         return 0.1 ** (e // max(span // 3, 1))
     return 1.0
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (AttributeError, OSError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the last phase back to the OS (glibc's ``malloc_trim``; a no-op
+    elsewhere). Without it glibc keeps the large freed blocks of an epoch (minibatch and
+    validation temporaries) and a million-cell run's peak RSS grows by ~0.5-1 GiB."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _fused_ok(params: list[torch.nn.Parameter]) -> bool:
@@ -359,6 +378,7 @@ def train_module(
             val = evaluate_loss(module, data, data.val_index, settings)
             finite = finite and val["_finite"]
             metrics.update({f"val_{k}": v for k, v in val.items() if not k.startswith("_")})
+        release_freed_memory()
         if not finite:
             if retries <= 0 or state.best_state is None:
                 bar.close()
