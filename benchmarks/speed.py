@@ -172,6 +172,7 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=1, help="runs per method; the fastest counts")
     p.add_argument("--methods", default="scvi,scarkids-unsup,scarkids-sup")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -189,12 +190,15 @@ def main() -> None:
     for n in sizes:
         data_file(n, 2000, seed=0)  # written before any timed run
         for method in args.methods.split(","):
-            rows.append(run_one(method, n, args))
+            # the fastest of --repeats fresh processes (timings on a shared machine vary)
+            runs = [run_one(method, n, args) for _ in range(args.repeats)]
+            ok = [r for r in runs if "error" not in r] or runs
+            rows.append(max(ok, key=lambda r: r.get("train_cells_per_s", 0)))
             print(json.dumps(rows[-1]), flush=True)
     text = table(rows)
     header = (
         f"Command: `python benchmarks/speed.py --sizes {args.sizes} --epochs {args.epochs} "
-        f"--batch_size {args.batch_size} --device {args.device}`  \n"
+        f"--batch_size {args.batch_size} --device {args.device} --repeats {args.repeats}`  \n"
         f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads, device {args.device}\n\n"
     )
     print(text)

@@ -84,7 +84,7 @@ def main() -> None:
     epochs = len(model.history["train_loss"])
     if epochs not in checkpoints:
         rows.append({"epoch": epochs, "train_s": clock["train"], "Total": final})
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).astype({"epoch": str})
     reached = table[table["Total"] >= scvi_total]
     lines = [
         f"Command: `python benchmarks/time_to_quality.py --dataset {args.dataset} "
