@@ -91,8 +91,8 @@ def test_module_loss_fast_path_equals_reference_path(label_mode, monkeypatch):
     adata = simulate(64, 120, n_batches=2, n_cell_types=3, seed=3)
     x_np = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
     x = torch.as_tensor(x_np, dtype=torch.float32)
-    batch = torch.as_tensor(adata.obs["batch"].cat.codes.to_numpy(), dtype=torch.long)
-    labels = torch.as_tensor(adata.obs["cell_type"].cat.codes.to_numpy(), dtype=torch.long)
+    batch = torch.tensor(adata.obs["batch"].cat.codes.to_numpy(), dtype=torch.long)
+    labels = torch.tensor(adata.obs["cell_type"].cat.codes.to_numpy(), dtype=torch.long)
     if label_mode == "unlabelled":
         labels = torch.full_like(labels, -1)
     elif label_mode == "mixed":
