@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .data import DeviceMatrix, check_counts
+from .data import DeviceMatrix, check_counts, select_columns
 from .distributions import NonZeros
 
 
@@ -33,19 +33,13 @@ class BackedCounts:
         self.shape = (adata.n_obs, n_genes)
 
     def with_columns(self, columns: np.ndarray) -> BackedCounts:
-        if np.array_equal(columns, np.arange(self.adata.n_vars)):
-            return self
         return BackedCounts(self.adata, where=self.where, columns=columns)
 
     def __getitem__(self, rows: slice) -> sp.csr_matrix:
         if not isinstance(rows, slice) or rows.step not in (None, 1):
             raise TypeError("BackedCounts reads contiguous row ranges only")
         X = check_counts(self.adata.X[rows], where=self.where)
-        if self.columns is not None:
-            from .data import select_columns
-
-            X = select_columns(X, self.columns)
-        return X
+        return X if self.columns is None else select_columns(X, self.columns)
 
 
 class ChunkedStore:

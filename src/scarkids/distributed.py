@@ -21,17 +21,21 @@ import torch
 import torch.distributed as dist
 
 
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if is_initialized() else 1
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return dist.get_rank() if is_initialized() else 0
 
 
 def is_main_process() -> bool:
     """True on rank 0, and in every run that is not distributed."""
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         return dist.get_rank() == 0
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -63,10 +67,6 @@ def setup(device: str = "auto") -> str:
                 backend,
             )
     return f"cuda:{local_rank}" if use_cuda else "cpu"
-
-
-def is_initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

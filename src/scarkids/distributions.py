@@ -127,7 +127,6 @@ class _CountLogLikelihood(torch.autograd.Function):
         ctx, x, log_mu, log_theta, dropout_logits, nz_index, nz_row, nz_gene, nz_counts,
         nz_log_fact, need_grad,
     ):  # fmt: skip
-        n, g = log_mu.shape
         theta = log_theta.exp()  # (1 or n, G)
         d = log_mu - log_theta
         soft_d = F.softplus(d)
@@ -151,7 +150,7 @@ class _CountLogLikelihood(torch.autograd.Function):
             def take_theta(t):
                 return t
 
-            xv, log_fact = x, torch.lgamma(x + 1.0)
+            xv, log_fact, is_nz = x, torch.lgamma(x + 1.0), x > 0
         else:
             gene = nz_gene if theta.shape[0] == 1 else nz_index
 
@@ -173,7 +172,7 @@ class _CountLogLikelihood(torch.autograd.Function):
         )
         correction = nb_v - take(zero_case)  # log p(x) minus its zero-count value
         if nz_index is None:
-            per_cell = (dense + torch.where(x > 0, correction, 0.0)).sum(-1)
+            per_cell = (dense + torch.where(is_nz, correction, 0.0)).sum(-1)
         else:
             per_cell = dense.sum(-1).index_add_(0, nz_row, correction)
 
@@ -188,13 +187,11 @@ class _CountLogLikelihood(torch.autograd.Function):
             nz_mu = xv - x_theta * p_v
             nz_theta = a_v + theta_v * (p_v + digamma_diff) - xv * (1.0 - p_v)
             if nz_index is None:
-                is_nz = x > 0
                 grad_mu = torch.where(is_nz, nz_mu, grad_mu)
                 grad_theta = torch.where(is_nz, nz_theta, grad_theta)
                 if grad_l is not None:
                     grad_l = torch.where(is_nz, -sig_l, grad_l)
             else:
-                grad_theta = grad_theta.expand(n, g).contiguous()
                 grad_mu.view(-1).index_copy_(0, nz_index, nz_mu)
                 grad_theta.view(-1).index_copy_(0, nz_index, nz_theta)
                 if grad_l is not None:
