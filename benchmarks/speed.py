@@ -78,8 +78,10 @@ def worker(
     else:
         from scarkids import SCARKIDS
 
-        # scarkids-unsup is scVI's peer (no labels); scarkids-sup also trains the classifier
-        labels_key = "cell_type" if method == "scarkids-sup" else None
+        # scarkids-unsup is scVI's peer (no labels); scarkids-sup also trains the classifier;
+        # a "+bf16" suffix trains with mixed_precision (bfloat16 genes-wide layers)
+        base_method, _, option = method.partition("+")
+        labels_key = "cell_type" if base_method == "scarkids-sup" else None
         SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key=labels_key)
         model = SCARKIDS(adata, n_latent=10, seed=0)
         t = time.perf_counter()
@@ -90,6 +92,7 @@ def worker(
             early_stopping=False,
             device=device,
             progress_bar=False,
+            mixed_precision=option == "bf16",
         )
         out["train_s"] = time.perf_counter() - t
         t = time.perf_counter()

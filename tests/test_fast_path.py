@@ -14,7 +14,13 @@ import torch
 
 from scarkids.data import DeviceMatrix
 from scarkids.datasets import simulate
-from scarkids.distributions import NonZeros, count_log_prob, count_log_prob_sum, digamma
+from scarkids.distributions import (
+    NonZeros,
+    count_log_prob,
+    count_log_prob_sum,
+    digamma,
+    softmax_count_log_prob_sum,
+)
 from scarkids.module import SCARKIDSModule
 
 
@@ -45,6 +51,28 @@ def test_fused_likelihood_matches_reference(sparse, theta_rows, zero_inflated):
 
     reference = count_log_prob(x, log_mu, log_theta, logits).sum(-1)
     fast = count_log_prob_sum(x, log_mu, log_theta, logits, sparse=sparse)
+    torch.testing.assert_close(fast, reference, rtol=1e-10, atol=1e-8)
+
+    grads_ref = torch.autograd.grad((reference * weights).sum(), inputs)
+    grads_fast = torch.autograd.grad((fast * weights).sum(), inputs)
+    for a, b in zip(grads_fast, grads_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("theta_rows", [1, 32])
+@pytest.mark.parametrize("zero_inflated", [True, False])
+def test_softmax_likelihood_matches_reference(sparse, theta_rows, zero_inflated):
+    """The softmax folded into the fused likelihood: same values and gradients (logits,
+    dispersion, dropout) as log_softmax + library through autograd."""
+    x, logits, log_theta, drop = _inputs(theta_rows, zero_inflated)
+    log_library = x.sum(-1).clamp_min(1.0).log()
+    inputs = [logits, log_theta] + ([drop] if zero_inflated else [])
+    weights = torch.linspace(-1, 2, x.shape[0], dtype=x.dtype)
+
+    log_mu = torch.log_softmax(logits, -1) + log_library[:, None]
+    reference = count_log_prob(x, log_mu, log_theta, drop).sum(-1)
+    fast = softmax_count_log_prob_sum(x, logits, log_library, log_theta, drop, sparse=sparse)
     torch.testing.assert_close(fast, reference, rtol=1e-10, atol=1e-8)
 
     grads_ref = torch.autograd.grad((reference * weights).sum(), inputs)
@@ -123,8 +151,9 @@ def test_module_loss_fast_path_equals_reference_path(label_mode, monkeypatch):
     import scarkids.diffusion as diffusion
     import scarkids.module as module_lib
 
-    def reference_likelihood(x, log_mu, log_theta, logits, nonzero=None):
-        return count_log_prob(x, log_mu, log_theta, logits).sum(-1)
+    def reference_likelihood(x, logits, log_library, log_theta, drop, nonzero=None):
+        log_mu = torch.log_softmax(logits, -1) + log_library[:, None]
+        return count_log_prob(x, log_mu, log_theta, drop).sum(-1)
 
     original_bound = diffusion.DiffusionPrior.negative_bound
 
@@ -140,7 +169,7 @@ def test_module_loss_fast_path_equals_reference_path(label_mode, monkeypatch):
         )  # fmt: skip
         return {k: v.view(n, c) for k, v in out.items()}
 
-    monkeypatch.setattr(module_lib, "count_log_prob_sum", reference_likelihood)
+    monkeypatch.setattr(module_lib, "softmax_count_log_prob_sum", reference_likelihood)
     monkeypatch.setattr(diffusion.DiffusionPrior, "negative_bound", bound_one_row_per_label)
     ref_out, ref_grads = run(False)
 

@@ -111,104 +111,144 @@ class _CountLogLikelihood(torch.autograd.Function):
     the terms only non-zero counts have (``lgamma(x + theta)``, ``digamma``) are computed on
     the non-zero entries alone and written over those positions (sparse mode), or chosen
     with ``where`` over all entries (dense mode: no host sync, for GPUs). Gradients are
-    formed in the forward pass.
+    formed in the forward pass. With ``log_library`` given, the second input holds
+    expression logits ``s`` and ``log_mu = log_softmax(s) + log_library`` is formed here
+    too (the softmax and its gradient take no extra autograd nodes).
 
     With ``d = log_mu - log_theta``, ``A = theta log(theta / (theta + mu)) = -theta
-    softplus(d)`` (the NB log-probability of a zero) and ``p = mu / (theta + mu) =
-    sigmoid(d)``, with ``l`` the dropout logit:
+    softplus(d)`` (the NB log-probability of a zero), ``p = mu / (theta + mu) = sigmoid(d)``
+    and ``l`` the dropout logit:
 
-    - zero count: ``logaddexp(l, A) - softplus(l)`` (ZINB), ``A`` (NB);
+    - zero count: ``logaddexp(l, A) - softplus(l) = A + softplus(l - A) - softplus(l)``
+      (ZINB), ``A`` (NB);
     - count ``x > 0``: ``A - x softplus(-d) + lgamma(x + theta) - lgamma(theta) -
       lgamma(x + 1)``, minus ``softplus(l)`` for ZINB.
     """
 
     @staticmethod
     def forward(
-        ctx, x, log_mu, log_theta, dropout_logits, nz_index, nz_row, nz_gene, nz_counts,
-        nz_log_fact, need_grad,
+        ctx, x, s, log_library, log_theta, dropout_logits, nz_index, nz_row, nz_gene,
+        nz_counts, nz_log_fact, need_grad,
     ):  # fmt: skip
         theta = log_theta.exp()  # (1 or n, G)
-        d = log_mu - log_theta
-        soft_d = F.softplus(d)
-        a = -theta * soft_d
-        p = torch.sigmoid(d)
-        theta_p = theta * p
-        if dropout_logits is not None:
-            soft_l = F.softplus(dropout_logits)
-            zero_case = torch.logaddexp(dropout_logits, a)
-            w = torch.exp(dropout_logits - zero_case)  # posterior weight of the dropout branch
-            sig_l = torch.sigmoid(dropout_logits)
-            dense = zero_case - soft_l
+        if log_library is not None:  # s holds logits: log_mu = s - logsumexp(s) + log_library
+            shift = s.amax(-1, keepdim=True)
+            e = (s - shift).exp_()
+            z_sum = e.sum(-1, keepdim=True)
+            d = (s + (log_library[:, None] - shift - z_sum.log())).sub_(log_theta)
         else:
-            zero_case = dense = a
-
-        if nz_index is None:  # dense mode: every entry, selected with where
-
-            def take(t):
-                return t
-
-            def take_theta(t):
-                return t
-
-            xv, log_fact, is_nz = x, torch.lgamma(x + 1.0), x > 0
+            d = s - log_theta
+        a = F.softplus(d).mul_(-theta)
+        zinb = dropout_logits is not None
+        if zinb:
+            u = dropout_logits - a
+            dense = F.softplus(u).add_(a).sub_(F.softplus(dropout_logits))
         else:
-            gene = nz_gene if theta.shape[0] == 1 else nz_index
+            dense = a.clone()
 
-            def take(t):
-                return t.reshape(-1).index_select(0, nz_index)
-
-            def take_theta(t):
-                return t.reshape(-1).index_select(0, gene)
-
+        sparse = nz_index is not None
+        if sparse:  # the count-dependent terms on the non-zero entries only
             xv, log_fact = nz_counts, nz_log_fact
-        theta_v, d_v, a_v, p_v = take_theta(theta), take(d), take(a), take(p)
-        x_theta = xv + theta_v
-        nb_v = (
-            a_v
-            - xv * F.softplus(-d_v)
-            + torch.lgamma(x_theta)
-            - take_theta(torch.lgamma(theta))
-            - log_fact
-        )
-        correction = nb_v - take(zero_case)  # log p(x) minus its zero-count value
-        if nz_index is None:
-            per_cell = (dense + torch.where(is_nz, correction, 0.0)).sum(-1)
-        else:
-            per_cell = dense.sum(-1).index_add_(0, nz_row, correction)
-
-        if need_grad and any(ctx.needs_input_grad[1:4]):
-            # as if every count were zero ...
-            grad_a = 1.0 - w if dropout_logits is not None else 1.0
-            grad_mu = -grad_a * theta_p
-            grad_theta = grad_a * (a + theta_p)
-            grad_l = w - sig_l if dropout_logits is not None else None
-            # ... then the non-zero counts
-            digamma_diff = digamma(x_theta) - take_theta(torch.digamma(theta))
-            nz_mu = xv - x_theta * p_v
-            nz_theta = a_v + theta_v * (p_v + digamma_diff) - xv * (1.0 - p_v)
-            if nz_index is None:
-                grad_mu = torch.where(is_nz, nz_mu, grad_mu)
-                grad_theta = torch.where(is_nz, nz_theta, grad_theta)
-                if grad_l is not None:
-                    grad_l = torch.where(is_nz, -sig_l, grad_l)
+            d_v = d.view(-1).index_select(0, nz_index)
+            if theta.shape[0] == 1:  # per-gene quantities: one gather of a (G, 3) table
+                per_gene = torch.stack(
+                    [theta[0], torch.lgamma(theta[0]), torch.digamma(theta[0])], 1
+                )
+                theta_v, lgamma_theta_v, digamma_theta_v = per_gene.index_select(0, nz_gene).unbind(
+                    1
+                )
             else:
+                theta_v = theta.view(-1).index_select(0, nz_index)
+                lgamma_theta_v = torch.lgamma(theta_v)
+                digamma_theta_v = torch.digamma(theta_v) if need_grad else None
+            l_v = dropout_logits.reshape(-1).index_select(0, nz_index) if zinb else None
+        else:  # dense mode: every entry, selected with where below
+            xv, log_fact, d_v, theta_v = x, torch.lgamma(x + 1.0), d, theta
+            lgamma_theta_v = torch.lgamma(theta)
+            digamma_theta_v = torch.digamma(theta) if need_grad else None
+            l_v = dropout_logits
+        soft_d_v = F.softplus(d_v)
+        a_v = -theta_v * soft_d_v
+        x_theta = xv + theta_v
+        # softplus(-d) = softplus(d) - d
+        nb_v = a_v - xv * (soft_d_v - d_v) + torch.lgamma(x_theta) - lgamma_theta_v - log_fact
+        value_v = nb_v - F.softplus(l_v) if zinb else nb_v
+        if sparse:
+            dense.view(-1).index_copy_(0, nz_index, value_v)
+            per_cell = dense.sum(-1)
+        else:
+            is_nz = x > 0
+            per_cell = torch.where(is_nz, value_v, dense).sum(-1)
+
+        if need_grad and any(ctx.needs_input_grad[1:5]):
+            # as if every count were zero ...
+            p = torch.sigmoid(d)
+            theta_p = p.mul_(theta)
+            if zinb:
+                w = torch.sigmoid(u)  # posterior weight of the dropout branch at a zero
+                keep = 1.0 - w
+                grad_theta = (a + theta_p).mul_(keep)
+                grad_mu = theta_p.mul_(keep).neg_()
+                grad_l = w.sub_(torch.sigmoid(dropout_logits))
+            else:
+                grad_theta = a + theta_p
+                grad_mu = theta_p.neg_()
+                grad_l = None
+            # ... then the non-zero counts
+            p_v = torch.sigmoid(d_v)
+            nz_mu = xv - x_theta * p_v
+            nz_theta = a_v + theta_v * (p_v + digamma(x_theta) - digamma_theta_v) - xv * (1.0 - p_v)
+            if sparse:
                 grad_mu.view(-1).index_copy_(0, nz_index, nz_mu)
                 grad_theta.view(-1).index_copy_(0, nz_index, nz_theta)
-                if grad_l is not None:
-                    grad_l.view(-1).index_copy_(0, nz_index, -take(sig_l))
+                if zinb:
+                    grad_l.view(-1).index_copy_(0, nz_index, torch.sigmoid(l_v).neg_())
+            else:
+                grad_mu = torch.where(is_nz, nz_mu, grad_mu)
+                grad_theta = torch.where(is_nz, nz_theta, grad_theta)
+                if zinb:
+                    grad_l = torch.where(is_nz, -torch.sigmoid(l_v), grad_l)
+            if log_library is not None:  # through the softmax: g - softmax(s) * sum(g)
+                coef = grad_mu.sum(-1, keepdim=True).div_(z_sum)
+                grad_mu.addcmul_(e, coef, value=-1.0)
             ctx.save_for_backward(grad_mu, grad_theta, grad_l)
             ctx.theta_rows = log_theta.shape[0]
         return per_cell
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_mu, grad_theta, grad_l = ctx.saved_tensors
+        grad_s, grad_theta, grad_l = ctx.saved_tensors
         go = grad_out[:, None]
-        g_theta = grad_theta * go
-        if ctx.theta_rows == 1:
-            g_theta = g_theta.sum(0, keepdim=True)
+        if ctx.theta_rows == 1:  # summed over cells, weighted by their output gradients
+            g_theta = grad_out[None, :] @ grad_theta
+        else:
+            g_theta = grad_theta * go
         g_l = grad_l * go if grad_l is not None else None
-        return None, grad_mu * go, g_theta, g_l, None, None, None, None, None, None
+        return None, grad_s * go, None, g_theta, g_l, None, None, None, None, None, None
+
+
+def _apply(x, s, log_library, log_theta, dropout_logits, nonzero, sparse):
+    if log_theta.dim() == 1:
+        log_theta = log_theta[None, :]
+    # kept in float32 under mixed precision (a no-op for float32 inputs)
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    s, log_theta = s.to(dtype), log_theta.to(dtype)
+    if log_library is not None:
+        log_library = log_library.detach().to(dtype)
+    if dropout_logits is not None:
+        dropout_logits = dropout_logits.to(dtype)
+    if sparse is None:
+        sparse = nonzero is not None or x.device.type == "cpu"
+    if sparse and nonzero is None:
+        nonzero = NonZeros.of(x)
+    # grad mode is off inside Function.forward: decide here whether to form gradients
+    need_grad = torch.is_grad_enabled()
+    nz = (
+        (nonzero.index, nonzero.row, nonzero.gene, nonzero.counts, nonzero.log_factorial)
+        if sparse
+        else (None,) * 5
+    )
+    return _CountLogLikelihood.apply(x, s, log_library, log_theta, dropout_logits, *nz, need_grad)
 
 
 def count_log_prob_sum(
@@ -229,32 +269,24 @@ def count_log_prob_sum(
     store); ``sparse`` (default: on CPU) evaluates the count-dependent terms on non-zero
     entries only; on GPUs the dense form avoids the host sync of finding them.
     """
-    if log_theta.dim() == 1:
-        log_theta = log_theta[None, :]
-    # kept in float32 under mixed precision (a no-op for float32 inputs)
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    log_mu, log_theta = log_mu.to(dtype), log_theta.to(dtype)
-    if dropout_logits is not None:
-        dropout_logits = dropout_logits.to(dtype)
-    if sparse is None:
-        sparse = nonzero is not None or x.device.type == "cpu"
-    if sparse and nonzero is None:
-        nonzero = NonZeros.of(x)
-    # grad mode is off inside Function.forward: decide here whether to form gradients
-    need_grad = torch.is_grad_enabled()
-    if not sparse:
-        return _CountLogLikelihood.apply(
-            x, log_mu, log_theta, dropout_logits, None, None, None, None, None, need_grad
-        )
-    return _CountLogLikelihood.apply(
-        x,
-        log_mu,
-        log_theta,
-        dropout_logits,
-        nonzero.index,
-        nonzero.row,
-        nonzero.gene,
-        nonzero.counts,
-        nonzero.log_factorial,
-        need_grad,
-    )
+    return _apply(x, log_mu, None, log_theta, dropout_logits, nonzero, sparse)
+
+
+def softmax_count_log_prob_sum(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    log_library: torch.Tensor,
+    log_theta: torch.Tensor,
+    dropout_logits: torch.Tensor | None,
+    nonzero: NonZeros | None = None,
+    *,
+    sparse: bool | None = None,
+) -> torch.Tensor:
+    """:func:`count_log_prob_sum` with ``log_mu = log_softmax(logits) + log_library``.
+
+    ``logits`` (n, G) are the decoder's expression logits and ``log_library`` (n,) the log
+    total count of each cell, a constant of the data (no gradient flows to it). The softmax
+    is formed inside the fused likelihood, which saves a training step several passes over
+    the ``(n, G)`` minibatch.
+    """
+    return _apply(x, logits, log_library, log_theta, dropout_logits, nonzero, sparse)

@@ -248,6 +248,7 @@ class SCARKIDS(ModelOutputs):
         lr_scheduler: str | None = None,
         classification_weight: float = 50.0,
         grad_clip_norm: float | None = 10.0,
+        mixed_precision: bool = False,
         supervised: bool | None = None,
         freeze: Literal["new_batches", "decoder_batch", "none"] = "new_batches",
         nan_retries: int = 2,
@@ -267,6 +268,11 @@ class SCARKIDS(ModelOutputs):
         batch parameters learn, so the existing embedding does not move; ``"decoder_batch"``
         also fine-tunes the decoder (the encoder, hence every reference cell's latent, the
         classifier and the prior stay fixed); ``"none"`` trains everything. Returns ``self``.
+
+        ``mixed_precision=True`` computes the three genes-wide layers (encoder input,
+        decoder expression and dropout heads) in bfloat16 during training, with float32
+        weights, likelihood and everything else: faster on CPUs with AVX512-BF16/AMX and on
+        GPUs (see ``benchmarks/speed.py``); inference stays float32.
 
         A backed AnnData (``anndata.read_h5ad(path, backed="r")``) trains out of core: its
         counts are read in chunks of ``chunk_cells`` cells and shuffled within a buffer of
@@ -326,6 +332,7 @@ class SCARKIDS(ModelOutputs):
             learning_rate=learning_rate,
             weight_decay=weight_decay,
             grad_clip_norm=grad_clip_norm,
+            mixed_precision=mixed_precision,
             kl_warmup_epochs=kl_warmup_epochs,
             lr_warmup_epochs=lr_warmup_epochs,
             lr_scheduler=lr_scheduler,

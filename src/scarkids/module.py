@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .diffusion import BetaSchedule, DiffusionPrior, extend_embedding
-from .distributions import NonZeros, count_log_prob_sum
+from .distributions import NonZeros, softmax_count_log_prob_sum
 from .nn import Classifier, Decoder, Encoder, Norm
 
 #: label index of an unlabelled cell in the ``labels`` tensors given to :meth:`loss`
@@ -182,9 +182,10 @@ class SCARKIDSModule(nn.Module):
         """
         inf = self.inference(x, batch_index, generator=generator)
         z, std = inf["z"], inf["qz_std"]
-        gen = self.generative(z, batch_index, inf["log_library"])
-        reconstruction = -count_log_prob_sum(
-            x, gen["log_mu"], gen["log_theta"], gen["dropout_logits"], nonzero
+        # log_mu = log_softmax(logits) + log_library, formed inside the fused likelihood
+        gen = self.decoder.parameters_of(z, batch_index)
+        reconstruction = -softmax_count_log_prob_sum(
+            x, gen["logits"], inf["log_library"], gen["log_theta"], gen["dropout_logits"], nonzero
         )
         entropy = std.log().sum(-1) + 0.5 * self.n_latent * math.log(2 * math.pi * math.e)
 
@@ -263,6 +264,11 @@ class SCARKIDSModule(nn.Module):
         u = torch.rand(z.shape[0], device=z.device, generator=generator)
         label = torch.where(u < self.null_label_prob, torch.zeros_like(label), label)
         return self.prior.simple_loss(z.detach(), label, generator=generator)
+
+    def set_mixed_precision(self, enabled: bool) -> None:
+        """Compute the genes-wide layers in bfloat16 (see :func:`scarkids.nn.wide_linear`)."""
+        self.encoder.body.bf16 = enabled
+        self.decoder.bf16 = enabled
 
     # ---------------------------------------------------------- predictions
     @torch.no_grad()

@@ -16,6 +16,16 @@ from torch import nn
 Norm = Literal["layer", "batch", "none"]
 
 
+def wide_linear(layer: nn.Linear, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """``layer(x)`` for a genes-wide layer; with ``bf16`` the matrix product runs in
+    bfloat16 (float32 master weights, float32 bias and result): about twice as fast on
+    CPUs with AVX512-BF16/AMX and on GPUs, at ~3 significant digits per product term."""
+    if not bf16:
+        return layer(x)
+    low = torch.bfloat16
+    return F.linear(x.to(low), layer.weight.to(low)).float() + layer.bias
+
+
 def _norm_layer(norm: Norm, width: int) -> nn.Module:
     if norm == "layer":
         return nn.LayerNorm(width)
@@ -48,9 +58,10 @@ class BatchConditionedMLP(nn.Module):
         self.first_post = nn.Sequential(_norm_layer(norm, first), nn.ReLU(), nn.Dropout(dropout))
         self.rest = make_mlp(first, rest, norm=norm, dropout=dropout)
         self.n_out = hidden_dims[-1]
+        self.bf16 = False  # see wide_linear; set for training by the training loop
 
     def forward(self, x: torch.Tensor, batch_index: torch.Tensor | None) -> torch.Tensor:
-        h = self.first(x)
+        h = wide_linear(self.first, x, self.bf16)
         if self.batch_embedding is not None:
             h = h + self.batch_embedding(batch_index)
         return self.rest(self.first_post(h))
@@ -127,28 +138,37 @@ class Decoder(nn.Module):
         nn.init.zeros_(self.batch_gene_offset.weight)
         self.dropout_logits = nn.Linear(self.body.n_out, n_genes) if zero_inflated else None
         self.dispersion = dispersion
+        self.bf16 = False  # see wide_linear; set for training by the training loop
         rows = n_batches if dispersion == "gene-batch" else 1
         self.log_theta = nn.Parameter(torch.zeros(rows, n_genes))
+
+    def parameters_of(
+        self, z: torch.Tensor, batch_index: torch.Tensor
+    ) -> dict[str, torch.Tensor | None]:
+        """The raw outputs: expression ``logits`` (n, G; ``log_rho`` up to a per-cell
+        constant), ``log_theta`` (1 or n, G) and ``dropout_logits`` (n, G, or None for NB)."""
+        h = self.body(z, batch_index)
+        logits = wide_linear(self.scale, h, self.bf16) + self.batch_gene_offset(batch_index)
+        if self.dispersion == "gene-batch":
+            log_theta = self.log_theta[batch_index]
+        else:
+            log_theta = self.log_theta
+        drop = (
+            wide_linear(self.dropout_logits, h, self.bf16)
+            if self.dropout_logits is not None
+            else None
+        )
+        return {"logits": logits, "log_theta": log_theta, "dropout_logits": drop}
 
     def forward(
         self, z: torch.Tensor, batch_index: torch.Tensor, log_library: torch.Tensor | None
     ) -> dict[str, torch.Tensor | None]:
         """Return ``log_rho`` (n, G: log of the normalised expression), ``log_mu`` (with the
         library added when given), ``log_theta`` (1 or n, G) and ``dropout_logits``."""
-        h = self.body(z, batch_index)
-        log_rho = F.log_softmax(self.scale(h) + self.batch_gene_offset(batch_index), dim=-1)
+        out = self.parameters_of(z, batch_index)
+        log_rho = F.log_softmax(out.pop("logits"), dim=-1)
         log_mu = log_rho + log_library[:, None] if log_library is not None else log_rho
-        if self.dispersion == "gene-batch":
-            log_theta = self.log_theta[batch_index]
-        else:
-            log_theta = self.log_theta
-        drop = self.dropout_logits(h) if self.dropout_logits is not None else None
-        return {
-            "log_rho": log_rho,
-            "log_mu": log_mu,
-            "log_theta": log_theta,
-            "dropout_logits": drop,
-        }
+        return {"log_rho": log_rho, "log_mu": log_mu, **out}
 
     def extend_batches(self, n_new: int) -> None:
         self.body.extend_batches(n_new)

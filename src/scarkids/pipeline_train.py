@@ -233,6 +233,7 @@ def train_session(
             lr_scheduler=scheduler,
             classification_weight=tr["classification_weight"],
             grad_clip_norm=tr["grad_clip_norm"],
+            mixed_precision=tr["use_amp"],
             supervised=supervised,
             freeze=tr["freeze"],
             nan_retries=tr["nan_retries"],
@@ -300,8 +301,6 @@ def _scheduler(tr: Mapping[str, Any]) -> str | None:
             "(use cosine or step)"
         )
         return None
-    if tr["use_amp"]:
-        log.warning("training.use_amp: mixed precision is not supported yet; training in float32")
     return tr["lr_scheduler"]
 
 

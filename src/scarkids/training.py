@@ -48,6 +48,8 @@ class TrainingSettings:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-6
     grad_clip_norm: float | None = 10.0
+    #: the genes-wide layers in bfloat16 while training (see scarkids.nn.wide_linear)
+    mixed_precision: bool = False
     kl_warmup_epochs: int = 0
     lr_warmup_epochs: int = 0
     lr_scheduler: str | None = None
@@ -275,6 +277,19 @@ def train_module(
     in a distributed run, see :mod:`scarkids.distributed`).
     The module ends with the weights of the best validation epoch.
     """
+    device = data.train_index.device
+    matmul_precision = torch.get_float32_matmul_precision()
+    if device.type == "cuda":  # TF32 tensor cores for the remaining float32 products
+        torch.set_float32_matmul_precision("high")
+    module.set_mixed_precision(settings.mixed_precision)
+    try:
+        return _train(module, data, settings, state, trainable, grad_masks, on_epoch_end)
+    finally:
+        module.set_mixed_precision(False)
+        torch.set_float32_matmul_precision(matmul_precision)
+
+
+def _train(module, data, settings, state, trainable, grad_masks, on_epoch_end) -> TrainingState:
     state = state or TrainingState()
     # Subnormal floats (from zero-initialised layers and Adam moments) slow CPU kernels
     # by more than an order of magnitude; flushing them changes no result that matters.
