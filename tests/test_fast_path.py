@@ -110,6 +110,9 @@ def test_csr_store_gathers_rows_and_nonzeros():
     reference = NonZeros.of(expected)
     for field in ("index", "row", "gene", "counts", "log_factorial"):
         torch.testing.assert_close(getattr(nz, field), getattr(reference, field))
+    # contiguous blocks (k-means initialisation) are sliced, not gathered
+    for start, end in [(0, 200), (3, 9), (5, 6), (198, 200)]:
+        torch.testing.assert_close(store.row_block(start, end), torch.as_tensor(dense[start:end]))
 
 
 @pytest.mark.parametrize("label_mode", ["labelled", "unlabelled", "mixed"])

@@ -262,6 +262,21 @@ class DeviceMatrix:
         """Dense float32 rows ``index`` (on the device), shape ``(len(index), n_genes)``."""
         return self.rows_and_nonzeros(index)[0]
 
+    def row_block(self, start: int, end: int) -> torch.Tensor:
+        """Dense float32 rows ``start:end`` (a contiguous block: a slice of the CSR arrays,
+        no gather), shape ``(end - start, n_genes)``."""
+        if self.dense:
+            return self.values[start:end]
+        lo, hi = int(self.crow[start]), int(self.crow[end])
+        n, n_genes = end - start, self.shape[1]
+        lengths = self.crow[start + 1 : end + 1] - self.crow[start:end]
+        row = torch.repeat_interleave(
+            torch.arange(n, device=self.device), lengths, output_size=hi - lo
+        )
+        out = torch.zeros(n * n_genes, dtype=torch.float32, device=self.device)
+        out.index_copy_(0, row * n_genes + self.col[lo:hi], self.val[lo:hi])
+        return out.view(n, n_genes)
+
     def rows_and_nonzeros(self, index: torch.Tensor) -> tuple[torch.Tensor, NonZeros | None]:
         """Dense rows ``index`` and, from a CSR store, their non-zero entries (else None)."""
         if self.dense:

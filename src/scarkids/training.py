@@ -212,10 +212,9 @@ def cluster_latent(
     was_training = module.training
     module.eval()
     n = data.batch.shape[0]
-    index = torch.arange(n, device=data.batch.device)
     z = torch.cat(
         [
-            module.inference(data.X.rows(index[s:e]), data.batch[index[s:e]], sample=False)["z"]
+            module.inference(data.X.row_block(s, e), data.batch[s:e], sample=False)["z"]
             for s, e in _batches(n, chunk)
         ]
     )
