@@ -212,12 +212,11 @@ def cluster_latent(
     was_training = module.training
     module.eval()
     n = data.batch.shape[0]
-    z = torch.cat(
-        [
-            module.inference(data.X.row_block(s, e), data.batch[s:e], sample=False)["z"]
-            for s, e in _batches(n, chunk)
-        ]
-    )
+    z = torch.empty(n, module.n_latent, device=data.batch.device)
+    for i, (s, e) in enumerate(_batches(n, chunk)):
+        z[s:e] = module.inference(data.X.row_block(s, e), data.batch[s:e], sample=False)["z"]
+        if i % 16 == 15:
+            release_freed_memory()  # chunk temporaries: see SCARKIDS._chunks
     module.train(was_training)
     # fewer cells than clusters: the surplus clusters simply start empty
     km = KMeans(n_clusters=min(n_clusters, n), n_init=4, random_state=seed).fit(z.cpu().numpy())
