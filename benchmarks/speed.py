@@ -46,13 +46,13 @@ def data_file(n_cells: int, n_genes: int, seed: int) -> Path:
 def worker(
     method: str, n_cells: int, epochs: int, batch_size: int, device: str, threads: int
 ) -> dict:
+    # Libraries a method loads lazily are loaded untimed, as scVI's are by `import scvi`:
+    # torch._dynamo (which `import scvi` loads) for both, scikit-learn (~1 s) for scARKIDS's
+    # k-means initialisation.
     import anndata as ad
-    import torch
-    import torch._dynamo  # noqa: F401  (import scvi loads it; load it untimed for both)
-
-    # libraries a method loads lazily on its first train() are loaded untimed, as scVI's
-    # are by `import scvi`: scARKIDS's k-means initialisation uses scikit-learn (~1 s import)
     import sklearn.cluster  # noqa: F401
+    import torch
+    import torch._dynamo  # noqa: F401
 
     torch.set_num_threads(threads)
     adata = ad.read_h5ad(data_file(n_cells, 2000, seed=0))  # in memory
