@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from typing import Literal
 
@@ -11,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from . import __version__, checkpoint, distributed
+from . import distributed
 from .backed import BackedCounts, ChunkedStore
 from .data import (
     SETUP_KEY,
@@ -25,7 +24,9 @@ from .data import (
     sorted_categories,
 )
 from .errors import InputDataError
+from .model_io import ModelPersistence
 from .model_outputs import ModelOutputs
+from .model_surgery import ReferenceMapping
 from .module import SCARKIDSModule
 from .training import (
     EpochCallback,
@@ -58,7 +59,7 @@ def default_max_epochs(n_cells: int) -> int:
     return int(np.clip(round(5e5 / max(n_cells, 1)), 20, 400))
 
 
-class SCARKIDS(ModelOutputs):
+class SCARKIDS(ModelOutputs, ReferenceMapping, ModelPersistence):
     """scARKIDS: a VAE with a cell-type-conditioned latent diffusion prior.
 
     Parameters
@@ -363,141 +364,6 @@ class SCARKIDS(ModelOutputs):
         self.is_trained = True
         return self
 
-    def _grow_module(self, n_batches_before: int, n_labels_before: int) -> None:
-        n_new_b = len(self.registry.batch_categories) - n_batches_before
-        if n_new_b:
-            logger.info("adding %d new batch(es) to the model", n_new_b)
-            self.module.extend_batches(n_new_b)
-        n_labels = len(self.registry.label_categories)
-        if n_labels != self.module.n_labels:
-            if n_labels > self.module.n_labels:
-                logger.info(
-                    "adding %d new cell type(s) to the model", n_labels - self.module.n_labels
-                )
-                self.module.extend_labels(n_labels - self.module.n_labels)
-            else:  # cluster slots re-used as named types: keep the larger layout
-                self.registry.label_categories += [
-                    f"cluster_{i}" for i in range(n_labels, self.module.n_labels)
-                ]
-        self.module.to(self.device)
-
-    def _freeze_plan(self, freeze: str, n_batches_before: int):
-        """Parameters to optimise and gradient masks for a session that added batches."""
-        new_batches = len(self.registry.batch_categories) > n_batches_before
-        if freeze == "none" or not self.is_trained or not new_batches:
-            return None, None
-        decoder = self.module.decoder
-        per_batch = [decoder.batch_gene_offset.weight]
-        for body in (self.module.encoder.body, decoder.body):
-            if body.batch_embedding is not None:
-                per_batch.append(body.batch_embedding.weight)
-        if decoder.dispersion == "gene-batch":
-            per_batch.append(decoder.log_theta)
-        masks: dict[torch.nn.Parameter, torch.Tensor] = {}
-        for param in per_batch:
-            mask = torch.zeros_like(param)
-            mask[n_batches_before:] = 1.0  # rows of the new batches learn, the others stay
-            masks[param] = mask
-        trainable = list(per_batch)
-        if freeze == "decoder_batch":  # also fine-tune the rest of the decoder
-            in_plan = {id(p) for p in per_batch}
-            trainable += [p for p in decoder.parameters() if id(p) not in in_plan]
-        return trainable, masks
-
-    @classmethod
-    def load_query_data(
-        cls,
-        adata_query,
-        reference: SCARKIDS | str | os.PathLike,
-        *,
-        device: str | torch.device = "cpu",
-    ) -> SCARKIDS:
-        """A copy of a trained reference model (object or checkpoint) set to map ``adata_query``.
-
-        Then ``model.train(supervised=False)`` learns the query's new batches only (the default
-        ``freeze="new_batches"``: the reference embedding does not move) and
-        ``model.predict()`` transfers the reference labels.
-        """
-        if isinstance(reference, SCARKIDS):
-            model = cls.from_payload(reference.state_payload(), adata_query, device=device)
-        else:
-            model = cls.load(reference, adata_query, device=device)
-        model.adata = adata_query
-        return model
-
-    # ------------------------------------------------------------ save / load
-    def state_payload(
-        self, *, include_training_state: bool = False, extra: dict | None = None
-    ) -> dict:
-        payload = {
-            "format": checkpoint.FORMAT,
-            "format_version": checkpoint.FORMAT_VERSION,
-            "package_version": __version__,
-            "torch_version": str(torch.__version__),
-            "init_params": {
-                **self.init_params,
-                "n_genes": len(self.registry.gene_names),
-                "n_batches": len(self.registry.batch_categories),
-                "n_labels": self.module.n_labels,
-            },
-            "registry": self.registry.to_dict(),
-            "state_dict": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
-            "history": self.history,
-            "is_trained": self.is_trained,
-            "extra": {**self.extra, **(extra or {})},
-        }
-        if include_training_state and self.training_state is not None:
-            payload["training_state"] = _to_cpu(self.training_state.to_dict())
-        return payload
-
-    def save(
-        self,
-        path: str | os.PathLike,
-        *,
-        include_training_state: bool = False,
-        extra: dict | None = None,
-    ):
-        """Write one checkpoint file (``path`` ending in ``.pt``, or a directory ->
-        ``<dir>/model.pt``), atomically. Returns the file path."""
-        return checkpoint.write_atomic(
-            self.state_payload(include_training_state=include_training_state, extra=extra), path
-        )
-
-    @classmethod
-    def load(
-        cls, path: str | os.PathLike, adata=None, *, device: str | torch.device = "cpu"
-    ) -> SCARKIDS:
-        """Rebuild a model from :meth:`save` output. ``adata`` (optional) becomes the default
-        data; it is aligned to the stored genes and categories by name when used."""
-        payload = checkpoint.read(path)
-        return cls.from_payload(payload, adata, device=device)
-
-    @classmethod
-    def from_payload(
-        cls, payload: dict, adata=None, *, device: str | torch.device = "cpu"
-    ) -> SCARKIDS:
-        self = cls.__new__(cls)
-        params = dict(payload["init_params"])
-        n_genes, n_batches, n_labels = (
-            params.pop("n_genes"),
-            params.pop("n_batches"),
-            params.pop("n_labels"),
-        )
-        self.registry = Registry.from_dict(payload["registry"])
-        self.init_params = params
-        self.module = SCARKIDSModule(n_genes, n_batches, n_labels, **params)
-        self.module.load_state_dict(payload["state_dict"])
-        self.module.eval()
-        self.device = resolve_device(device)
-        self.module.to(self.device)
-        self.adata = adata
-        self.history = payload.get("history", {})
-        self.is_trained = payload.get("is_trained", True)
-        self.extra = payload.get("extra", {})
-        ts = payload.get("training_state")
-        self.training_state = TrainingState.from_dict(ts) if ts else None
-        return self
-
     def __repr__(self) -> str:
         r = self.registry
         kind = "unsupervised clusters" if r.labels_are_clusters else "cell types"
@@ -506,15 +372,3 @@ class SCARKIDS(ModelOutputs):
             f"{len(r.label_categories)} {kind}, latent {self.module.n_latent}, "
             f"{self.module.prior.n_steps} diffusion steps, trained={self.is_trained}"
         )
-
-
-def _to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_to_cpu(v) for v in obj)
-    return obj
