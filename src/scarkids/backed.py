@@ -91,11 +91,8 @@ class ChunkedStore:
         self._group = {}
 
     # gathering -------------------------------------------------------------------------
-    def rows(self, index: torch.Tensor) -> torch.Tensor:
-        return self.rows_and_nonzeros(index)[0]
-
     def row_block(self, start: int, end: int) -> torch.Tensor:
-        return self.rows(torch.arange(start, end, device=self.device))
+        return self.rows_and_nonzeros(torch.arange(start, end, device=self.device))[0]
 
     def rows_and_nonzeros(self, index: torch.Tensor) -> tuple[torch.Tensor, NonZeros | None]:
         cells = index.cpu().numpy()

@@ -258,10 +258,6 @@ class DeviceMatrix:
     def end_epoch(self) -> None:
         """Nothing to release: all rows stay on the device (see ChunkedStore)."""
 
-    def rows(self, index: torch.Tensor) -> torch.Tensor:
-        """Dense float32 rows ``index`` (on the device), shape ``(len(index), n_genes)``."""
-        return self.rows_and_nonzeros(index)[0]
-
     def row_block(self, start: int, end: int) -> torch.Tensor:
         """Dense float32 rows ``start:end`` (a contiguous block: a slice of the CSR arrays,
         no gather), shape ``(end - start, n_genes)``."""

@@ -127,8 +127,8 @@ class _CountLogLikelihood(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, x, s, log_library, log_theta, dropout_logits, nz_index, nz_row, nz_gene,
-        nz_counts, nz_log_fact, need_grad,
+        ctx, x, s, log_library, log_theta, dropout_logits, nz_index, nz_gene, nz_counts,
+        nz_log_fact, need_grad,
     ):  # fmt: skip
         theta = log_theta.exp()  # (1 or n, G)
         if log_library is not None:  # s holds logits: log_mu = s - logsumexp(s) + log_library
@@ -138,7 +138,8 @@ class _CountLogLikelihood(torch.autograd.Function):
             d = (s + (log_library[:, None] - shift - z_sum.log())).sub_(log_theta)
         else:
             d = s - log_theta
-        a = F.softplus(d).mul_(-theta)
+        soft_d = F.softplus(d)
+        a = soft_d * -theta
         zinb = dropout_logits is not None
         if zinb:
             u = dropout_logits - a
@@ -162,13 +163,13 @@ class _CountLogLikelihood(torch.autograd.Function):
                 lgamma_theta_v = torch.lgamma(theta_v)
                 digamma_theta_v = torch.digamma(theta_v) if need_grad else None
             l_v = dropout_logits.reshape(-1).index_select(0, nz_index) if zinb else None
+            soft_d_v = F.softplus(d_v)
+            a_v = -theta_v * soft_d_v
         else:  # dense mode: every entry, selected with where below
             xv, log_fact, d_v, theta_v = x, torch.lgamma(x + 1.0), d, theta
             lgamma_theta_v = torch.lgamma(theta)
             digamma_theta_v = torch.digamma(theta) if need_grad else None
-            l_v = dropout_logits
-        soft_d_v = F.softplus(d_v)
-        a_v = -theta_v * soft_d_v
+            l_v, soft_d_v, a_v = dropout_logits, soft_d, a
         x_theta = xv + theta_v
         # softplus(-d) = softplus(d) - d
         nb_v = a_v - xv * (soft_d_v - d_v) + torch.lgamma(x_theta) - lgamma_theta_v - log_fact
@@ -224,7 +225,7 @@ class _CountLogLikelihood(torch.autograd.Function):
         else:
             g_theta = grad_theta * go
         g_l = grad_l * go if grad_l is not None else None
-        return None, grad_s * go, None, g_theta, g_l, None, None, None, None, None, None
+        return None, grad_s * go, None, g_theta, g_l, None, None, None, None, None
 
 
 def _apply(x, s, log_library, log_theta, dropout_logits, nonzero, sparse):
@@ -244,9 +245,9 @@ def _apply(x, s, log_library, log_theta, dropout_logits, nonzero, sparse):
     # grad mode is off inside Function.forward: decide here whether to form gradients
     need_grad = torch.is_grad_enabled()
     nz = (
-        (nonzero.index, nonzero.row, nonzero.gene, nonzero.counts, nonzero.log_factorial)
+        (nonzero.index, nonzero.gene, nonzero.counts, nonzero.log_factorial)
         if sparse
-        else (None,) * 5
+        else (None,) * 4
     )
     return _CountLogLikelihood.apply(x, s, log_library, log_theta, dropout_logits, *nz, need_grad)
 
