@@ -259,7 +259,9 @@ def git_state() -> str:
         return run.stdout.strip() if run.returncode == 0 else ""
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    changed = [line[3:] for line in git("status", "--porcelain", "-uno", "src").splitlines()]
+    # "XY path" lines; git() strips the output, so the first line may lose its leading space
+    status = git("status", "--porcelain", "-uno", "src").splitlines()
+    changed = [line.split(maxsplit=1)[1] for line in status]
     return commit + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
 
 

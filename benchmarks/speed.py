@@ -145,18 +145,6 @@ def run_one(method: str, n_cells: int, args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def code_version() -> str:
-    """The commit measured (with "+changes" when the working tree differs from it)."""
-    repo = Path(__file__).resolve().parents[1]
-
-    def git(*cmd: str) -> str:
-        out = subprocess.run(["git", *cmd], cwd=repo, capture_output=True, text=True)
-        return out.stdout.strip() if out.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
 def table(rows: list[dict]) -> str:
     lines = [
         "| cells | method | train cells/s | ratio vs scVI | embed cells/s | corrected expr. cells/s "
@@ -214,12 +202,14 @@ def main() -> None:
             ok = [r for r in runs if "error" not in r] or runs
             rows.append(max(ok, key=lambda r: r.get("train_cells_per_s", 0)))
             print(json.dumps(rows[-1]), flush=True)
+    from integration import git_state  # the same code stamp as the integration benchmark
+
     text = table(rows)
     header = (
         f"Command: `python benchmarks/speed.py --sizes {args.sizes} --epochs {args.epochs} "
         f"--batch_size {args.batch_size} --device {args.device} --repeats {args.repeats} "
         f"--methods {args.methods}`  \n"
-        f"Code: {code_version()}  \n"
+        f"Code: {git_state()}  \n"
         f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads, device {args.device}\n\n"
     )
     print(text)
