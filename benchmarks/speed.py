@@ -2,19 +2,29 @@
 
     python benchmarks/speed.py [--sizes 10000,100000] [--epochs 2] [--device cpu|cuda]
     python benchmarks/speed.py --sizes 1000000 --epochs 1 --methods scarkids-unsup   # 1M, RSS
+    python benchmarks/speed.py --device cuda --sizes 1000000 --epochs 1 --scvi_max_steps 3000 \
+        --methods scvi,scvi@1024,scarkids-unsup,scarkids-unsup@16384/3,scarkids-sup@16384/3
 
-Each (method, size) runs in its own process so that peak RSS is that run's alone (the
-simulated counts are written to /tmp once per size and read into memory by each run). All
-methods see the same counts (2000 genes), 90% of cells for training, batch size
-128, 128 hidden units, 10 latent dimensions, the same number of epochs, no early stopping.
-Prints a table (cells/s, ratio to scVI in the same run, peak RSS) and writes it to
-benchmarks/results/speed_<device>_<sizes>.md.
+All methods see the same counts (2000 genes), 90% of cells for training, 128 hidden units,
+10 latent dimensions, no early stopping; batch size and epochs are ``--batch_size`` and
+``--epochs`` unless a method names its own: ``METHOD[+bf16][@BATCH][/EPOCHS]`` (``+bf16``:
+scARKIDS with mixed precision). On a CPU each (method, size) runs in its own process, so
+that peak RSS is that run's alone; on a GPU one process per peer (scVI, scARKIDS) reads the
+data once and trains its methods one after the other (peak GPU memory is then reported per
+method). The simulated counts are written to /tmp once per size (drawn on the GPU with
+``--device cuda``). ``--scvi_max_steps`` caps scVI's optimizer steps (its cells/s are then
+those steps' cells over their time: at batch 128 one GPU epoch of 1M cells takes scVI
+minutes). Inference (embedding, corrected expression, 100 refinement steps) is timed for
+the first method of each process. Prints a table (cells/s, ratio to the first scVI method,
+peak memory) and writes it to benchmarks/results/speed_<device>_<sizes>.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
 import resource
 import subprocess
@@ -29,23 +39,31 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def data_file(n_cells: int, n_genes: int, seed: int) -> Path:
+def data_file(n_cells: int, n_genes: int, seed: int, device: str = "cpu") -> Path:
     """The simulated counts for a size, written once (chunk by chunk) and then reused."""
     from scarkids.datasets import write_simulated_h5ad
 
-    path = Path(f"/tmp/scarkids_speed_{n_cells}x{n_genes}_s{seed}.h5ad")
+    drawn = "" if device == "cpu" else "_torch"  # another random stream: another file
+    path = Path(f"/tmp/scarkids_speed_{n_cells}x{n_genes}_s{seed}{drawn}.h5ad")
     if not path.exists():
         tmp = path.with_suffix(".partial.h5ad")
         write_simulated_h5ad(
-            tmp, n_cells, n_genes, n_batches=4, n_cell_types=8, library_size=1500.0, seed=seed
-        )
+            tmp, n_cells, n_genes, n_batches=4, n_cell_types=8, library_size=1500.0, seed=seed,
+            device=None if device == "cpu" else device,
+            chunk_size=20_000 if device == "cpu" else 100_000,
+        )  # fmt: skip
         tmp.rename(path)
     return path
 
 
-def worker(
-    method: str, n_cells: int, epochs: int, batch_size: int, device: str, threads: int
-) -> dict:
+def parse_method(spec: str, batch_size: int, epochs: int) -> tuple[str, int, int]:
+    """``METHOD[+OPTION][@BATCH][/EPOCHS]`` -> (method, batch size, epochs)."""
+    spec, _, e = spec.partition("/")
+    name, _, b = spec.partition("@")
+    return name, int(b) if b else batch_size, int(e) if e else epochs
+
+
+def worker(specs: list[str], n_cells: int, args) -> list[dict]:
     # Libraries a method loads lazily are loaded untimed, as scVI's are by `import scvi`:
     # torch._dynamo (which `import scvi` loads) for both, scikit-learn (~1 s) for scARKIDS's
     # k-means initialisation.
@@ -54,10 +72,35 @@ def worker(
     import torch
     import torch._dynamo  # noqa: F401
 
-    torch.set_num_threads(threads)
-    adata = ad.read_h5ad(data_file(n_cells, 2000, seed=0))  # in memory
+    device = args.device
+    torch.set_num_threads(args.threads)
+    adata = ad.read_h5ad(data_file(n_cells, 2000, seed=0, device=device))  # in memory
     n_train = int(round(0.9 * n_cells))
-    out: dict = {"method": method, "n_cells": n_cells, "epochs": epochs, "batch_size": batch_size}
+    rows = []
+    for i, spec in enumerate(specs):
+        method, batch_size, epochs = parse_method(spec, args.batch_size, args.epochs)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        out = run_method(method, adata, batch_size, epochs, device, inference=i == 0, args=args)
+        cells = n_train * epochs
+        if "steps" in out:  # scVI stopped at --scvi_max_steps
+            cells = min(cells, out["steps"] * batch_size)
+        out.update(method=spec, n_cells=n_cells, epochs=epochs, batch_size=batch_size)
+        out["train_cells_per_s"] = cells / out["train_s"]
+        for key in ("embed", "expression"):
+            if f"{key}_s" in out:
+                out[f"{key}_cells_per_s"] = n_cells / out[f"{key}_s"]
+        out["peak_rss_gib"] = peak_rss_gib()
+        if device == "cuda":
+            out["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        print(json.dumps(out), flush=True)
+        rows.append(out)
+    return rows
+
+
+def run_method(method, adata, batch_size, epochs, device, *, inference, args) -> dict:
+    out: dict = {}
     if method == "scvi":
         import scvi
 
@@ -65,6 +108,11 @@ def worker(
         scvi.settings.dl_num_workers = 0
         scvi.model.SCVI.setup_anndata(adata, batch_key="batch")
         model = scvi.model.SCVI(adata, n_hidden=128, n_latent=10, n_layers=1)
+        extra = {}
+        if args.scvi_max_steps:
+            extra["max_steps"] = args.scvi_max_steps
+            per_epoch = math.ceil(0.9 * adata.n_obs / batch_size)
+            out["steps"] = min(args.scvi_max_steps, per_epoch * epochs)
         t = time.perf_counter()
         model.train(
             max_epochs=epochs,
@@ -74,100 +122,107 @@ def worker(
             accelerator="gpu" if device == "cuda" else "cpu",
             devices=1,
             enable_progress_bar=False,
+            **extra,
         )
         out["train_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        model.get_latent_representation(batch_size=4096)
-        out["embed_s"] = time.perf_counter() - t
-    else:
-        from scarkids import SCARKIDS
+        if inference:
+            t = time.perf_counter()
+            model.get_latent_representation(batch_size=4096)
+            out["embed_s"] = time.perf_counter() - t
+        return out
 
-        # scarkids-unsup is scVI's peer (no labels); scarkids-sup also trains the classifier;
-        # a "+bf16" suffix trains with mixed_precision (bfloat16 genes-wide layers)
-        base_method, _, option = method.partition("+")
-        labels_key = "cell_type" if base_method == "scarkids-sup" else None
-        SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key=labels_key)
-        model = SCARKIDS(adata, n_latent=10, seed=0)
-        t = time.perf_counter()
-        model.train(
-            epochs,
-            batch_size=batch_size,
-            validation_fraction=0.1,
-            early_stopping=False,
-            device=device,
-            progress_bar=False,
-            mixed_precision=option == "bf16",
-        )
-        out["train_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        z = model.get_latent_representation(batch_size=4096)
-        out["embed_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        for _ in model.iter_normalized_expression(transform_batch=0, batch_size=4096, latent=z):
-            pass
-        out["expression_s"] = time.perf_counter() - t
-        n_ref = min(n_cells, 100_000)
-        t = time.perf_counter()
-        model.refine_latent(latent=z[:n_ref], n_steps=100)  # the latent is computed above
-        out["refine_cells_per_s"] = n_ref / (time.perf_counter() - t)
-    out["train_cells_per_s"] = n_train * epochs / out["train_s"]
-    out["embed_cells_per_s"] = n_cells / out["embed_s"]
-    if "expression_s" in out:
-        out["expression_cells_per_s"] = n_cells / out["expression_s"]
-    out["peak_rss_gib"] = peak_rss_gib()
+    from scarkids import SCARKIDS
+
+    # scarkids-unsup is scVI's peer (no labels); scarkids-sup also trains the classifier;
+    # a "+bf16" suffix trains with mixed_precision (bfloat16 genes-wide layers)
+    base_method, _, option = method.partition("+")
+    labels_key = "cell_type" if base_method == "scarkids-sup" else None
+    SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key=labels_key)
+    model = SCARKIDS(adata, n_latent=10, seed=0)
+    sync = torch_sync(device)
+    t = time.perf_counter()
+    model.train(
+        epochs,
+        batch_size=batch_size,
+        validation_fraction=0.1,
+        early_stopping=False,
+        device=device,
+        progress_bar=False,
+        mixed_precision=option == "bf16",
+    )
+    sync()
+    out["train_s"] = time.perf_counter() - t
+    out["final_train_loss"] = model.history["train_loss"][-1]
+    if not inference:
+        return out
+    t = time.perf_counter()
+    z = model.get_latent_representation(batch_size=4096)
+    out["embed_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in model.iter_normalized_expression(transform_batch=0, batch_size=4096, latent=z):
+        pass
+    out["expression_s"] = time.perf_counter() - t
+    n_ref = min(adata.n_obs, 100_000)
+    t = time.perf_counter()
+    model.refine_latent(latent=z[:n_ref], n_steps=100)  # the latent is computed above
+    out["refine_cells_per_s"] = n_ref / (time.perf_counter() - t)
     return out
 
 
-def run_one(method: str, n_cells: int, args) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--worker",
-        method,
-        "--sizes",
-        str(n_cells),
-        "--epochs",
-        str(args.epochs),
-        "--batch_size",
-        str(args.batch_size),
-        "--device",
-        args.device,
-        "--threads",
-        str(args.threads),
-    ]
+def torch_sync(device: str):
+    import torch
+
+    return torch.cuda.synchronize if device == "cuda" else lambda: None
+
+
+def run_worker(specs: list[str], n_cells: int, args) -> list[dict]:
+    """Run ``specs`` in one fresh process; a method that failed gets an error row."""
+    cmd = [sys.executable, __file__, "--worker", ",".join(specs), "--sizes", str(n_cells)]
+    for key in ("epochs", "batch_size", "device", "threads", "scvi_max_steps"):
+        cmd += [f"--{key}", str(getattr(args, key))]
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0:
-        return {
-            "method": method,
-            "n_cells": n_cells,
-            "error": proc.stderr.strip().splitlines()[-1:],
-        }
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        print("\n".join(proc.stderr.strip().splitlines()[-20:]), file=sys.stderr, flush=True)
+        error = proc.stderr.strip().splitlines()[-1:]
+        rows += [{"method": s, "n_cells": n_cells, "error": error} for s in specs[len(rows) :]]
+    return rows
 
 
-def table(rows: list[dict]) -> str:
-    lines = [
-        "| cells | method | train cells/s | ratio vs scVI | embed cells/s | corrected expr. cells/s "
-        "| refine (100 steps) cells/s | peak RSS GiB |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    by_size: dict[int, dict[str, dict]] = {}
+def table(rows: list[dict], gpu: bool) -> str:
+    head = (
+        "| cells | method | batch | epochs | train cells/s | ratio vs scVI | embed cells/s "
+        "| corrected expr. cells/s | refine (100 steps) cells/s | peak RSS GiB |"
+    )
+    lines = [head + (" peak GPU GiB |" if gpu else ""), "|---" * (10 + gpu) + "|"]
+    by_size: dict[int, list[dict]] = {}
     for r in rows:
-        by_size.setdefault(r["n_cells"], {})[r["method"]] = r
+        by_size.setdefault(r["n_cells"], []).append(r)
     fmt = lambda v: f"{v:,.0f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
-    for n, methods in sorted(by_size.items()):
-        base = methods.get("scvi", {}).get("train_cells_per_s")
-        for name, r in methods.items():
+    for n, runs in sorted(by_size.items()):
+        scvi = [r for r in runs if r["method"].startswith("scvi") and "error" not in r]
+        base = scvi[0]["train_cells_per_s"] if scvi else None
+        for r in runs:
             if "error" in r:
-                lines.append(f"| {n:,} | {name} | error: {r['error']} | | | | | |")
+                lines.append(f"| {n:,} | {r['method']} | error: {r['error']} |" + " |" * (7 + gpu))
                 continue
             ratio = f"{r['train_cells_per_s'] / base:.2f}" if base else "-"
-            lines.append(
-                f"| {n:,} | {name} | {fmt(r['train_cells_per_s'])} | {ratio} | {fmt(r['embed_cells_per_s'])} "
+            line = (
+                f"| {n:,} | {r['method']} | {r['batch_size']} | {r['epochs']} "
+                f"| {fmt(r['train_cells_per_s'])} | {ratio} | {fmt(r.get('embed_cells_per_s'))} "
                 f"| {fmt(r.get('expression_cells_per_s'))} | {fmt(r.get('refine_cells_per_s'))} "
                 f"| {r['peak_rss_gib']:.2f} |"
             )
+            lines.append(line + (f" {r['gpu_peak_gib']:.2f} |" if gpu else ""))
     return "\n".join(lines)
+
+
+def machine(args) -> str:
+    if args.device == "cuda":
+        import torch
+
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, {args.threads} CPU threads"
+    return f"{platform.processor() or platform.machine()}, {args.threads} threads, device cpu"
 
 
 def main() -> None:
@@ -181,36 +236,42 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1, help="runs per method; the fastest counts")
     p.add_argument("--methods", default="scvi,scarkids-unsup,scarkids-sup")
+    p.add_argument("--scvi_max_steps", type=int, default=0, help="0: no cap")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.worker:
-        print(
-            json.dumps(
-                worker(
-                    args.worker, sizes[0], args.epochs, args.batch_size, args.device, args.threads
-                )
-            )
-        )
+        worker(args.worker.split(","), sizes[0], args)
         return
+    specs = args.methods.split(",")
+    if args.device == "cpu":  # one process per method: peak RSS is its own
+        groups = [[s] for s in specs]
+    else:  # one process per peer reads the data once
+        groups = [
+            g for g in ([s for s in specs if s.startswith(p)] for p in ("scvi", "scark")) if g
+        ]
     rows = []
     for n in sizes:
-        data_file(n, 2000, seed=0)  # written before any timed run
-        for method in args.methods.split(","):
+        data_file(n, 2000, seed=0, device=args.device)  # written before any timed run
+        for group in groups:
             # the fastest of --repeats fresh processes (timings on a shared machine vary)
-            runs = [run_one(method, n, args) for _ in range(args.repeats)]
-            ok = [r for r in runs if "error" not in r] or runs
-            rows.append(max(ok, key=lambda r: r.get("train_cells_per_s", 0)))
-            print(json.dumps(rows[-1]), flush=True)
+            runs = [run_worker(group, n, args) for _ in range(args.repeats)]
+            for i in range(len(group)):
+                tries = [run[i] for run in runs if i < len(run)]
+                ok = [r for r in tries if "error" not in r] or tries
+                rows.append(max(ok, key=lambda r: r.get("train_cells_per_s", 0)))
+                print(json.dumps(rows[-1]), flush=True)
     from integration import git_state  # the same code stamp as the integration benchmark
 
-    text = table(rows)
+    text = table(rows, gpu=args.device != "cpu")
     header = (
         f"Command: `python benchmarks/speed.py --sizes {args.sizes} --epochs {args.epochs} "
         f"--batch_size {args.batch_size} --device {args.device} --repeats {args.repeats} "
-        f"--methods {args.methods}`  \n"
-        f"Code: {git_state()}  \n"
-        f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads, device {args.device}\n\n"
+        f"--methods {args.methods}"
+        + (f" --scvi_max_steps {args.scvi_max_steps}" if args.scvi_max_steps else "")
+        + "`  \n"
+        f"Code: {os.environ.get('SCARKIDS_CODE') or git_state()}  \n"
+        f"Machine: {machine(args)}\n\n"
     )
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+#: devices a test runs on: the CPU always, a CUDA GPU where there is one (these cases skip
+#: with a message on machines without one, such as CI; run them on a GPU machine)
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)]
 
 
 def shared_file(name: str) -> Path:

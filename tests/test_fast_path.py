@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from helpers import DEVICES, NEEDS_CUDA
 
 from scarkids.data import DeviceMatrix
 from scarkids.datasets import simulate
@@ -24,7 +25,9 @@ from scarkids.distributions import (
 from scarkids.module import SCARKIDSModule
 
 
-def _inputs(theta_rows: int, zero_inflated: bool, dtype=torch.float64):
+def _inputs(theta_rows: int, zero_inflated: bool, dtype=torch.float64, device="cpu"):
+    """Counts and parameters drawn on the CPU (the same numbers on every device), then
+    moved to ``device``."""
     g = torch.Generator().manual_seed(0)
     n, n_genes = 32, 300
     x = torch.poisson(torch.rand(n, n_genes, generator=g, dtype=dtype) * 4) * (
@@ -38,16 +41,21 @@ def _inputs(theta_rows: int, zero_inflated: bool, dtype=torch.float64):
         if zero_inflated
         else None
     )
+    if device != "cpu":
+        move = lambda t: t.detach().to(device).requires_grad_(t.requires_grad)  # noqa: E731
+        x, log_mu, log_theta = x.to(device), move(log_mu), move(log_theta)
+        logits = move(logits) if logits is not None else None
     return x, log_mu, log_theta, logits
 
 
 @pytest.mark.parametrize("sparse", [True, False])
 @pytest.mark.parametrize("theta_rows", [1, 32])
 @pytest.mark.parametrize("zero_inflated", [True, False])
-def test_fused_likelihood_matches_reference(sparse, theta_rows, zero_inflated):
-    x, log_mu, log_theta, logits = _inputs(theta_rows, zero_inflated)
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_likelihood_matches_reference(sparse, theta_rows, zero_inflated, device):
+    x, log_mu, log_theta, logits = _inputs(theta_rows, zero_inflated, device=device)
     inputs = [log_mu, log_theta] + ([logits] if zero_inflated else [])
-    weights = torch.linspace(-1, 2, x.shape[0], dtype=x.dtype)
+    weights = torch.linspace(-1, 2, x.shape[0], dtype=x.dtype, device=x.device)
 
     reference = count_log_prob(x, log_mu, log_theta, logits).sum(-1)
     fast = count_log_prob_sum(x, log_mu, log_theta, logits, sparse=sparse)
@@ -62,13 +70,14 @@ def test_fused_likelihood_matches_reference(sparse, theta_rows, zero_inflated):
 @pytest.mark.parametrize("sparse", [True, False])
 @pytest.mark.parametrize("theta_rows", [1, 32])
 @pytest.mark.parametrize("zero_inflated", [True, False])
-def test_softmax_likelihood_matches_reference(sparse, theta_rows, zero_inflated):
+@pytest.mark.parametrize("device", DEVICES)
+def test_softmax_likelihood_matches_reference(sparse, theta_rows, zero_inflated, device):
     """The softmax folded into the fused likelihood: same values and gradients (logits,
     dispersion, dropout) as log_softmax + library through autograd."""
-    x, logits, log_theta, drop = _inputs(theta_rows, zero_inflated)
+    x, logits, log_theta, drop = _inputs(theta_rows, zero_inflated, device=device)
     log_library = x.sum(-1).clamp_min(1.0).log()
     inputs = [logits, log_theta] + ([drop] if zero_inflated else [])
-    weights = torch.linspace(-1, 2, x.shape[0], dtype=x.dtype)
+    weights = torch.linspace(-1, 2, x.shape[0], dtype=x.dtype, device=x.device)
 
     log_mu = torch.log_softmax(logits, -1) + log_library[:, None]
     reference = count_log_prob(x, log_mu, log_theta, drop).sum(-1)
@@ -97,26 +106,43 @@ def test_digamma_matches_torch():
     assert rel.max() < 1e-9
 
 
-def test_csr_store_gathers_rows_and_nonzeros():
+@pytest.mark.parametrize(
+    "device, dense",
+    [
+        ("cpu", False),
+        pytest.param("cuda", False, marks=NEEDS_CUDA),
+        pytest.param("cuda", True, marks=NEEDS_CUDA),
+    ],
+)
+def test_store_gathers_rows_and_nonzeros(device, dense):
+    """CSR store (CPUs; GPUs for data too large to be dense) and dense store (GPUs)."""
     rng = np.random.default_rng(1)
-    dense = rng.poisson(0.7, size=(200, 57)).astype(np.float32)
-    dense[5] = 0  # an empty cell
-    store = DeviceMatrix(sp.csr_matrix(dense), torch.device("cpu"))
-    assert not store.dense
-    index = torch.tensor([5, 3, 199, 3, 0, 42])
+    dense_np = rng.poisson(0.7, size=(200, 57)).astype(np.float32)
+    dense_np[5] = 0  # an empty cell
+    store = DeviceMatrix(
+        sp.csr_matrix(dense_np), torch.device(device), dense_limit_bytes=1e9 if dense else 0
+    )
+    assert store.dense == dense
+    index = torch.tensor([5, 3, 199, 3, 0, 42], device=device)
     rows, nz = store.rows_and_nonzeros(index)
-    expected = torch.as_tensor(dense)[index]
+    expected = torch.as_tensor(dense_np, device=device)[index]
     torch.testing.assert_close(rows, expected)
-    reference = NonZeros.of(expected)
-    for field in ("index", "row", "gene", "counts", "log_factorial"):
-        torch.testing.assert_close(getattr(nz, field), getattr(reference, field))
+    if dense:
+        assert nz is None  # the dense likelihood finds the non-zeros itself
+    else:
+        reference = NonZeros.of(expected)
+        for field in ("index", "row", "gene", "counts", "log_factorial"):
+            torch.testing.assert_close(getattr(nz, field), getattr(reference, field))
     # contiguous blocks (k-means initialisation) are sliced, not gathered
     for start, end in [(0, 200), (3, 9), (5, 6), (198, 200)]:
-        torch.testing.assert_close(store.row_block(start, end), torch.as_tensor(dense[start:end]))
+        torch.testing.assert_close(
+            store.row_block(start, end), torch.as_tensor(dense_np[start:end], device=device)
+        )
 
 
 @pytest.mark.parametrize("label_mode", ["labelled", "unlabelled", "mixed"])
-def test_module_loss_fast_path_equals_reference_path(label_mode, monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_module_loss_fast_path_equals_reference_path(label_mode, device, monkeypatch):
     """A whole minibatch loss: same value and parameter gradients with the fast path and
     with the reference likelihood, dense rows and one prior row per (cell, label)."""
     adata = simulate(64, 120, n_batches=2, n_cell_types=3, seed=3)
@@ -129,14 +155,15 @@ def test_module_loss_fast_path_equals_reference_path(label_mode, monkeypatch):
     elif label_mode == "mixed":
         labels[::2] = -1
     torch.manual_seed(0)
-    module = SCARKIDSModule(120, 2, 3)
+    module = SCARKIDSModule(120, 2, 3).to(device)
     module.eval()  # no dropout: both passes see the same network
-    store = DeviceMatrix(sp.csr_matrix(x_np), torch.device("cpu"))
-    rows, nz = store.rows_and_nonzeros(torch.arange(64))
+    x, batch, labels = x.to(device), batch.to(device), labels.to(device)
+    store = DeviceMatrix(sp.csr_matrix(x_np), torch.device(device))  # dense on a GPU
+    rows, nz = store.rows_and_nonzeros(torch.arange(64, device=device))
 
     def run(fast: bool):
         module.zero_grad()
-        gen = torch.Generator().manual_seed(7)
+        gen = torch.Generator(device=device).manual_seed(7)
         out = module.loss(
             rows if fast else x,
             batch,

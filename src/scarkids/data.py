@@ -214,23 +214,42 @@ def select_columns(X: sp.csr_matrix, positions: np.ndarray) -> sp.csr_matrix:
     return out[:, inverse].tocsr()
 
 
+def _dense_on_device(X, device: torch.device, block_cells: int = 65_536) -> torch.Tensor:
+    """``X`` (cells x genes, sparse or dense) as a dense float32 tensor on ``device``, filled
+    block by block so that the host never holds more than one dense block."""
+    out = torch.empty(X.shape, dtype=torch.float32, device=device)
+    for start in range(0, X.shape[0], block_cells):
+        block = X[start : start + block_cells]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        out[start : start + block.shape[0]] = torch.as_tensor(block, dtype=torch.float32)
+    return out
+
+
 class DeviceMatrix:
     """A cells x genes count matrix resident on a device, with row gathering there.
 
     On CPUs it is kept as CSR (three tensors, plus ``lgamma(count + 1)`` per stored entry):
     a minibatch gather then also yields its non-zero entries, which the likelihood needs
     (:class:`~scarkids.distributions.NonZeros`), without scanning the dense rows. On GPUs it
-    is dense when it fits under ``dense_limit_bytes`` (the likelihood then works densely,
-    without host syncs) and CSR otherwise.
+    is dense when it fits under ``dense_limit_bytes`` (default: half the device's free
+    memory; the likelihood then works densely, without host syncs) and CSR otherwise.
     """
 
-    def __init__(self, X: sp.csr_matrix, device: torch.device, *, dense_limit_bytes: float = 2**30):
+    def __init__(
+        self, X: sp.csr_matrix, device: torch.device, *, dense_limit_bytes: float | None = None
+    ):
         self.shape = X.shape
         self.device = torch.device(device)
+        if dense_limit_bytes is None:
+            dense_limit_bytes = (
+                0.5 * torch.cuda.mem_get_info(self.device)[0]
+                if self.device.type == "cuda"
+                else 2**30
+            )
         fits = X.shape[0] * X.shape[1] * 4 <= dense_limit_bytes
         self.dense = fits and self.device.type != "cpu"
         if self.dense:
-            self.values = torch.as_tensor(X.toarray(), dtype=torch.float32, device=device)
+            self.values = _dense_on_device(X, self.device)
         else:
             X = sp.csr_matrix(X)
             X.sum_duplicates()
