@@ -14,10 +14,10 @@ mkdir -p "$OUT_DIR"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, scvi, anndata; print('torch', torch.__version__, 'scvi', scvi.__version__, 'anndata', anndata.__version__)"
 
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -30
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_fast_path.py -k cuda 2>&1 | tail -15
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -30
+timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_fast_path.py -k cuda 2>&1 | tail -15
 
-timeout 480 python3 benchmarks/speed.py --device cuda --sizes 1000000 --epochs 1 --threads 16 \
+timeout 340 python3 benchmarks/speed.py --device cuda --sizes 1000000 --epochs 1 --threads 16 \
     --scvi_max_steps 2000 \
-    --methods scvi,scvi@1024,scarkids-unsup,scarkids-unsup@1024/2,scarkids-unsup@4096/3,scarkids-unsup@16384/3,scarkids-unsup+bf16@16384/3,scarkids-sup@16384/3
+    --methods scvi,scvi@1024,scarkids-unsup,scarkids-unsup@4096/3,scarkids-unsup@16384/3,scarkids-unsup+bf16@16384/3,scarkids-sup@16384/3
 cp benchmarks/results/speed_cuda_1000000.md "$OUT_DIR"/ 2>/dev/null || true
