@@ -46,6 +46,10 @@ def data_file(n_cells: int, n_genes: int, seed: int, device: str = "cpu") -> Pat
     drawn = "" if device == "cpu" else "_torch"  # another random stream: another file
     path = Path(f"/tmp/scarkids_speed_{n_cells}x{n_genes}_s{seed}{drawn}.h5ad")
     if not path.exists():
+        import anndata as ad
+
+        if hasattr(ad.settings, "allow_write_nullable_strings"):  # pandas 3 string columns
+            ad.settings.allow_write_nullable_strings = True
         tmp = path.with_suffix(".partial.h5ad")
         write_simulated_h5ad(
             tmp, n_cells, n_genes, n_batches=4, n_cell_types=8, library_size=1500.0, seed=seed,

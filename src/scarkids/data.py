@@ -139,7 +139,7 @@ def category_codes(
     (and NaN, and ``unlabeled_category``) to -1.
     """
     as_str = values.astype(object)
-    missing = as_str.isna().to_numpy()
+    missing = as_str.isna().to_numpy().copy()  # writable (pandas 3 hands out read-only views)
     names = as_str.where(~missing, "").astype(str).to_numpy()
     codes = pd.Index(categories).get_indexer(names).astype(np.int64)  # -1 where unknown
     if unlabeled_category is not None:

@@ -46,7 +46,7 @@ def simulate(
     counts = sp.vstack(chunks).tocsr() if len(chunks) > 1 else chunks[0]
     obs = plan.obs()
     obs["library_size"] = np.asarray(counts.sum(1)).ravel()
-    var = pd.DataFrame(index=[f"gene_{g}" for g in range(n_genes)])
+    var = pd.DataFrame(index=pd.Index([f"gene_{g}" for g in range(n_genes)], dtype=object))
     return ad.AnnData(X=counts, obs=obs, var=var)
 
 
@@ -136,7 +136,8 @@ class _Plan:
                     [f"type_{c}" for c in range(nc)],
                 ),
             },
-            index=pd.Index([f"cell_{i}" for i in range(len(self.batch))]),
+            # object strings: pandas 3's string arrays are not written by anndata < 0.13
+            index=pd.Index([f"cell_{i}" for i in range(len(self.batch))], dtype=object),
         )
 
 
@@ -167,7 +168,7 @@ def write_simulated_h5ad(
     plan = _Plan(n_cells, n_genes, **defaults)
     obs = plan.obs()
     library = np.zeros(n_cells, dtype=np.float32)
-    var = pd.DataFrame(index=[f"gene_{g}" for g in range(n_genes)])
+    var = pd.DataFrame(index=pd.Index([f"gene_{g}" for g in range(n_genes)], dtype=object))
     ad.AnnData(obs=obs, var=var).write_h5ad(path)
     generator = None
     if device is not None:
