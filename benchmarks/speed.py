@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -39,23 +41,21 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def data_file(n_cells: int, n_genes: int, seed: int, device: str = "cpu") -> Path:
+SIMULATION = dict(n_batches=4, n_cell_types=8, library_size=1500.0)
+
+
+def data_file(n_cells: int, n_genes: int, seed: int) -> Path:
     """The simulated counts for a size, written once (chunk by chunk) and then reused."""
     from scarkids.datasets import write_simulated_h5ad
 
-    drawn = "" if device == "cpu" else "_torch"  # another random stream: another file
-    path = Path(f"/tmp/scarkids_speed_{n_cells}x{n_genes}_s{seed}{drawn}.h5ad")
+    path = Path(f"/tmp/scarkids_speed_{n_cells}x{n_genes}_s{seed}.h5ad")
     if not path.exists():
         import anndata as ad
 
         if hasattr(ad.settings, "allow_write_nullable_strings"):  # pandas 3 string columns
             ad.settings.allow_write_nullable_strings = True
         tmp = path.with_suffix(".partial.h5ad")
-        write_simulated_h5ad(
-            tmp, n_cells, n_genes, n_batches=4, n_cell_types=8, library_size=1500.0, seed=seed,
-            device=None if device == "cpu" else device,
-            chunk_size=20_000 if device == "cpu" else 100_000,
-        )  # fmt: skip
+        write_simulated_h5ad(tmp, n_cells, n_genes, seed=seed, **SIMULATION)
         tmp.rename(path)
     return path
 
@@ -78,7 +78,14 @@ def worker(specs: list[str], n_cells: int, args) -> list[dict]:
 
     device = args.device
     torch.set_num_threads(args.threads)
-    adata = ad.read_h5ad(data_file(n_cells, 2000, seed=0, device=device))  # in memory
+    t = time.perf_counter()
+    if device == "cpu":
+        adata = ad.read_h5ad(data_file(n_cells, 2000, seed=0))  # in memory
+    else:  # drawn on the GPU, the same counts in every process (seeded torch generator)
+        from scarkids.datasets import simulate
+
+        adata = simulate(n_cells, 2000, chunk_size=100_000, device=device, **SIMULATION)
+    data_s = time.perf_counter() - t
     n_train = int(round(0.9 * n_cells))
     rows = []
     for i, spec in enumerate(specs):
@@ -86,12 +93,16 @@ def worker(specs: list[str], n_cells: int, args) -> list[dict]:
         if device == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        out = run_method(method, adata, batch_size, epochs, device, inference=i == 0, args=args)
+        inference = i == 0 and args.inference == "first"
+        out = run_method(method, adata, batch_size, epochs, device, inference=inference, args=args)
         cells = n_train * epochs
         if "steps" in out:  # scVI stopped at --scvi_max_steps
             cells = min(cells, out["steps"] * batch_size)
         out.update(method=spec, n_cells=n_cells, epochs=epochs, batch_size=batch_size)
+        out["data_s"] = data_s  # reading (CPU) or drawing (GPU) the counts, untimed
         out["train_cells_per_s"] = cells / out["train_s"]
+        if "epoch_s" in out:
+            out["epoch_cells_per_s"] = n_train / out["epoch_s"]
         for key in ("embed", "expression"):
             if f"{key}_s" in out:
                 out[f"{key}_cells_per_s"] = n_cells / out[f"{key}_s"]
@@ -144,6 +155,7 @@ def run_method(method, adata, batch_size, epochs, device, *, inference, args) ->
     SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key=labels_key)
     model = SCARKIDS(adata, n_latent=10, seed=0)
     sync = torch_sync(device)
+    epoch_ends = []  # the metrics of an epoch are read on the host: the GPU is done with it
     t = time.perf_counter()
     model.train(
         epochs,
@@ -153,9 +165,12 @@ def run_method(method, adata, batch_size, epochs, device, *, inference, args) ->
         device=device,
         progress_bar=False,
         mixed_precision=option == "bf16",
+        on_epoch_end=lambda *_: epoch_ends.append(time.perf_counter()),
     )
     sync()
     out["train_s"] = time.perf_counter() - t
+    if len(epoch_ends) >= 2:  # an epoch after the first (set-up, k-means): steady state
+        out["epoch_s"] = float(np.median(np.diff(epoch_ends)))
     out["final_train_loss"] = model.history["train_loss"][-1]
     if not inference:
         return out
@@ -182,7 +197,7 @@ def torch_sync(device: str):
 def run_worker(specs: list[str], n_cells: int, args) -> list[dict]:
     """Run ``specs`` in one fresh process; a method that failed gets an error row."""
     cmd = [sys.executable, __file__, "--worker", ",".join(specs), "--sizes", str(n_cells)]
-    for key in ("epochs", "batch_size", "device", "threads", "scvi_max_steps"):
+    for key in ("epochs", "batch_size", "device", "threads", "scvi_max_steps", "inference"):
         cmd += [f"--{key}", str(getattr(args, key))]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -195,10 +210,11 @@ def run_worker(specs: list[str], n_cells: int, args) -> list[dict]:
 
 def table(rows: list[dict], gpu: bool) -> str:
     head = (
-        "| cells | method | batch | epochs | train cells/s | ratio vs scVI | embed cells/s "
+        "| cells | method | batch | epochs | train cells/s | ratio vs scVI "
+        "| steady epoch cells/s | embed cells/s "
         "| corrected expr. cells/s | refine (100 steps) cells/s | peak RSS GiB |"
     )
-    lines = [head + (" peak GPU GiB |" if gpu else ""), "|---" * (10 + gpu) + "|"]
+    lines = [head + (" peak GPU GiB |" if gpu else ""), "|---" * (11 + gpu) + "|"]
     by_size: dict[int, list[dict]] = {}
     for r in rows:
         by_size.setdefault(r["n_cells"], []).append(r)
@@ -208,12 +224,13 @@ def table(rows: list[dict], gpu: bool) -> str:
         base = scvi[0]["train_cells_per_s"] if scvi else None
         for r in runs:
             if "error" in r:
-                lines.append(f"| {n:,} | {r['method']} | error: {r['error']} |" + " |" * (7 + gpu))
+                lines.append(f"| {n:,} | {r['method']} | error: {r['error']} |" + " |" * (8 + gpu))
                 continue
             ratio = f"{r['train_cells_per_s'] / base:.2f}" if base else "-"
             line = (
                 f"| {n:,} | {r['method']} | {r['batch_size']} | {r['epochs']} "
-                f"| {fmt(r['train_cells_per_s'])} | {ratio} | {fmt(r.get('embed_cells_per_s'))} "
+                f"| {fmt(r['train_cells_per_s'])} | {ratio} | {fmt(r.get('epoch_cells_per_s'))} "
+                f"| {fmt(r.get('embed_cells_per_s'))} "
                 f"| {fmt(r.get('expression_cells_per_s'))} | {fmt(r.get('refine_cells_per_s'))} "
                 f"| {r['peak_rss_gib']:.2f} |"
             )
@@ -241,6 +258,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="runs per method; the fastest counts")
     p.add_argument("--methods", default="scvi,scarkids-unsup,scarkids-sup")
     p.add_argument("--scvi_max_steps", type=int, default=0, help="0: no cap")
+    p.add_argument("--inference", choices=["first", "none"], default="first")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -256,7 +274,8 @@ def main() -> None:
         ]
     rows = []
     for n in sizes:
-        data_file(n, 2000, seed=0, device=args.device)  # written before any timed run
+        if args.device == "cpu":
+            data_file(n, 2000, seed=0)  # written before any timed run
         for group in groups:
             # the fastest of --repeats fresh processes (timings on a shared machine vary)
             runs = [run_worker(group, n, args) for _ in range(args.repeats)]

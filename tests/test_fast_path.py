@@ -211,3 +211,22 @@ def test_module_loss_fast_path_equals_reference_path(label_mode, device, monkeyp
     assert fast_grads.keys() == ref_grads.keys()
     for name, grad in fast_grads.items():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dense_fill_from_csr_matches_toarray(device):
+    """A GPU store is filled from the CSR arrays block by block (no host densifying): the
+    same matrix as scipy's toarray, with empty rows, unsorted and duplicate entries."""
+    from scarkids.data import _dense_on_device
+
+    # row 0: column 4 twice and out of order; row 1 empty
+    raw = sp.csr_matrix(
+        (np.array([1, 2, 3, 4, 5], np.float32), [4, 1, 4, 0, 2], [0, 3, 3, 5]), shape=(3, 6)
+    )
+    big = sp.random(301, 40, density=0.2, format="csr", random_state=3, dtype=np.float32)
+    big.data[:] = np.random.default_rng(2).integers(1, 9, big.nnz)
+    for X in (raw, big):
+        expected = torch.as_tensor(X.toarray())
+        for source in (X, X.toarray()):
+            dense = _dense_on_device(source, torch.device(device), block_cells=2)
+            torch.testing.assert_close(dense.cpu(), expected)

@@ -216,12 +216,30 @@ def select_columns(X: sp.csr_matrix, positions: np.ndarray) -> sp.csr_matrix:
 
 def _dense_on_device(X, device: torch.device, block_cells: int = 65_536) -> torch.Tensor:
     """``X`` (cells x genes, sparse or dense) as a dense float32 tensor on ``device``, filled
-    block by block so that the host never holds more than one dense block."""
-    out = torch.empty(X.shape, dtype=torch.float32, device=device)
-    for start in range(0, X.shape[0], block_cells):
-        block = X[start : start + block_cells]
-        block = block.toarray() if sp.issparse(block) else np.asarray(block)
-        out[start : start + block.shape[0]] = torch.as_tensor(block, dtype=torch.float32)
+    block by block. A CSR block travels as its three arrays (slices, no copy on the host)
+    and is scattered into place on the device: for a million cells seconds instead of the
+    ~20 s that densifying on the host and copying 8 GB would take."""
+    n, n_genes = X.shape
+    out = torch.zeros((n, n_genes), dtype=torch.float32, device=device)
+    if not sp.issparse(X):
+        for start in range(0, n, block_cells):
+            out[start : start + block_cells] = torch.as_tensor(
+                np.asarray(X[start : start + block_cells]), dtype=torch.float32
+            )
+        return out
+    X = sp.csr_matrix(X)
+    flat_out = out.view(-1)
+    for start in range(0, n, block_cells):
+        end = min(start + block_cells, n)
+        lo, hi = int(X.indptr[start]), int(X.indptr[end])
+        lengths = torch.as_tensor(np.diff(X.indptr[start : end + 1]), device=device)
+        row = torch.repeat_interleave(
+            torch.arange(start, end, device=device), lengths, output_size=hi - lo
+        )
+        col = torch.as_tensor(X.indices[lo:hi], device=device).long()
+        values = torch.as_tensor(X.data[lo:hi], device=device).float()
+        # index_put_ with accumulate sums duplicate entries, as scipy's toarray does
+        flat_out.index_put_((row * n_genes + col,), values, accumulate=True)
     return out
 
 

@@ -22,6 +22,7 @@ def simulate(
     dispersion: float = 5.0,
     seed: int = 0,
     chunk_size: int = 20_000,
+    device: str | None = None,
 ) -> ad.AnnData:
     """Simulate raw counts with cell-type programmes and batch effects.
 
@@ -29,7 +30,9 @@ def simulate(
     changes ~ N(0, de_scale)). Each batch multiplies every gene by a log-normal factor
     (sd ``batch_effect``) and shifts the mean library size by ``exp(N(0, library_shift))``.
     Counts are negative binomial with inverse dispersion ``dispersion``. Cell types are drawn
-    with batch-specific proportions (each type present in every batch).
+    with batch-specific proportions (each type present in every batch). ``device`` (e.g.
+    ``"cuda"``) draws the counts with torch there: the same design and distribution, another
+    random stream, a million cells in seconds.
 
     Returns
     -------
@@ -42,7 +45,8 @@ def simulate(
         library_size, library_shift, dispersion, seed,
     )  # fmt: skip
     # cells are drawn in chunks so that a million cells never need a dense matrix
-    chunks = [plan.counts(sl) for sl in _slices(n_cells, chunk_size)]
+    draw = plan.counts if device is None else plan.torch_drawer(device, seed)
+    chunks = [draw(sl) for sl in _slices(n_cells, chunk_size)]
     counts = sp.vstack(chunks).tocsr() if len(chunks) > 1 else chunks[0]
     obs = plan.obs()
     obs["library_size"] = np.asarray(counts.sum(1)).ravel()
@@ -94,6 +98,13 @@ class _Plan:
         mu = rho * self.lib[sl, None]
         gamma = rng.gamma(self.dispersion, mu / self.dispersion)  # NB as a gamma-Poisson mixture
         return sp.csr_matrix(rng.poisson(gamma).astype(np.float32))
+
+    def torch_drawer(self, device: str, seed: int):
+        """A ``counts``-like function drawing with torch on ``device`` (seeded)."""
+        import torch
+
+        generator = torch.Generator(device=device).manual_seed(seed)
+        return lambda sl: self.counts_torch(sl, generator)
 
     def counts_torch(self, sl: slice, generator) -> sp.csr_matrix:
         """As :meth:`counts`, drawn with torch on ``generator``'s device."""
@@ -170,14 +181,10 @@ def write_simulated_h5ad(
     library = np.zeros(n_cells, dtype=np.float32)
     var = pd.DataFrame(index=pd.Index([f"gene_{g}" for g in range(n_genes)], dtype=object))
     ad.AnnData(obs=obs, var=var).write_h5ad(path)
-    generator = None
-    if device is not None:
-        import torch
-
-        generator = torch.Generator(device=device).manual_seed(defaults["seed"])
+    draw = plan.counts if device is None else plan.torch_drawer(device, defaults["seed"])
     with h5py.File(path, "a") as f:
         for i, sl in enumerate(tqdm(_slices(n_cells, chunk_size), disable=not progress)):
-            chunk = plan.counts(sl) if generator is None else plan.counts_torch(sl, generator)
+            chunk = draw(sl)
             library[sl] = np.asarray(chunk.sum(1)).ravel()
             if i == 0:
                 write_elem(f, "X", chunk)

@@ -178,9 +178,15 @@ def evaluate_loss(
     settings: TrainingSettings,
     *,
     seed: int = 0,
-    chunk: int = 1024,  # the likelihood keeps ~15 (chunk x genes) temporaries: bounded memory
+    chunk: int | None = None,
 ) -> dict[str, float]:
-    """Validation terms with a fixed noise draw (the same every epoch, so epochs compare)."""
+    """Validation terms with a fixed noise draw (the same every epoch, so epochs compare).
+
+    Cells are scored in chunks of ``chunk`` (default: the training batch size, at least
+    1024): the likelihood keeps ~15 (chunk x genes) temporaries, fewer than a training step
+    of the same size, and on a GPU small chunks would leave it waiting on kernel launches.
+    """
+    chunk = chunk or max(1024, settings.batch_size)
     was_training = module.training
     module.eval()
     gen = torch.Generator(device=index.device).manual_seed(seed + distributed.rank())
