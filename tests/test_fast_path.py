@@ -230,3 +230,37 @@ def test_dense_fill_from_csr_matches_toarray(device):
         for source in (X, X.toarray()):
             dense = _dense_on_device(source, torch.device(device), block_cells=2)
             torch.testing.assert_close(dense.cpu(), expected)
+
+
+def test_kmeans_initialisation_on_a_subset_assigns_every_cell():
+    """Above ``fit_cells`` the k-means centres are fitted on a random subset and every
+    cell is assigned to its nearest centre: the same clusters as fitting on all cells."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from scarkids.training import TrainingData, cluster_latent
+
+    rng = np.random.default_rng(4)
+    truth = rng.integers(0, 4, 3000)
+    centres = np.array([[0, 0], [40, 0], [0, 40], [40, 40]], dtype=np.float32)
+    X = np.zeros((3000, 5), np.float32)
+    X[:, :2] = centres[truth] + rng.normal(0, 1.0, (3000, 2))
+    X[:, 2:] = rng.poisson(1.0, (3000, 3))
+
+    class FirstTwoGenes(torch.nn.Module):  # a "module" whose latent is genes 0 and 1
+        n_latent = 2
+
+        def inference(self, x, batch, sample):
+            return {"z": x[:, :2]}
+
+    data = TrainingData(
+        X=DeviceMatrix(sp.csr_matrix(X), torch.device("cpu")),
+        batch=torch.zeros(3000, dtype=torch.long),
+        labels=torch.full((3000,), -1),
+        train_index=torch.arange(3000),
+        val_index=torch.arange(0),
+    )
+    subset = cluster_latent(FirstTwoGenes(), data, 4, seed=0, chunk=512, fit_cells=200)
+    every = cluster_latent(FirstTwoGenes(), data, 4, seed=0, chunk=512)
+    assert subset.shape == (3000,) and subset.dtype == torch.long
+    assert adjusted_rand_score(truth, subset.numpy()) == 1.0
+    assert adjusted_rand_score(every.numpy(), subset.numpy()) == 1.0
