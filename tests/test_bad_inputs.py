@@ -15,6 +15,7 @@ import yaml
 
 from scarkids import cli
 from scarkids.datasets import simulate
+from scarkids.h5ad import write_h5ad_file
 
 BASE = {
     "global": {"latent_dim": 4, "n_diffusion_steps": 20, "n_genes": None, "supervised": True},
@@ -53,8 +54,8 @@ def trained(tmp_path_factory) -> Path:
     """A folder with data/train.h5ad, data/test.h5ad and checkpoints/best_model.pt."""
     root = tmp_path_factory.mktemp("trained")
     (root / "data").mkdir()
-    tiny(0).write_h5ad(root / "data" / "train.h5ad")
-    tiny(1, n_cells=50).write_h5ad(root / "data" / "test.h5ad")
+    write_h5ad_file(tiny(0), root / "data" / "train.h5ad")
+    write_h5ad_file(tiny(1, n_cells=50), root / "data" / "test.h5ad")
     write_config(root / "config.yaml")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -97,7 +98,7 @@ def fails(work: Path, capsys, argv: list, *needles: str) -> str:
 
 
 def save(adata: ad.AnnData, path: Path) -> Path:
-    adata.write_h5ad(path)
+    write_h5ad_file(adata, path)
     return path
 
 
@@ -246,7 +247,7 @@ def test_label_column_missing_in_supervised_mode(work, capsys):
 
 def test_nan_in_batch_column(work, capsys):
     a = tiny()
-    batch = a.obs["batch"].astype(object).to_numpy()
+    batch = a.obs["batch"].astype(object).to_numpy().copy()  # pandas 3: a read-only view
     batch[:3] = np.nan
     a.obs["batch"] = batch
     train_on(work, a, capsys, "'batch'", "NaN")

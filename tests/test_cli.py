@@ -18,6 +18,7 @@ import yaml
 
 from scarkids import checkpoint, cli
 from scarkids.datasets import simulate
+from scarkids.h5ad import write_h5ad_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,8 +54,8 @@ def workdir(tmp_path, monkeypatch):
     """A folder with data/train.h5ad (300 cells x 120 genes) and config.yaml; the cwd."""
     data = tmp_path / "data"
     data.mkdir()
-    simulate(n_cells=300, n_genes=120, n_batches=2, n_cell_types=3, seed=0).write_h5ad(
-        data / "train.h5ad"
+    write_h5ad_file(
+        simulate(n_cells=300, n_genes=120, n_batches=2, n_cell_types=3, seed=0), data / "train.h5ad"
     )
     write_config(tmp_path / "config.yaml")
     monkeypatch.chdir(tmp_path)
@@ -163,12 +164,13 @@ def model_dir(tmp_path_factory):
     """A trained supervised model (checkpoints/best_model.pt) and a test file in one folder."""
     root = tmp_path_factory.mktemp("model")
     (root / "data").mkdir()
-    simulate(n_cells=300, n_genes=120, n_batches=2, n_cell_types=3, seed=0).write_h5ad(
-        root / "data" / "train.h5ad"
+    write_h5ad_file(
+        simulate(n_cells=300, n_genes=120, n_batches=2, n_cell_types=3, seed=0),
+        root / "data" / "train.h5ad",
     )
     test = simulate(n_cells=80, n_genes=120, n_batches=2, n_cell_types=3, seed=1)
     test.obs_names = [f"query_{i:02d}" for i in range(test.n_obs)][::-1]  # not in sorted order
-    test.write_h5ad(root / "data" / "test.h5ad")
+    write_h5ad_file(test, root / "data" / "test.h5ad")
     write_config(root / "config.yaml")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -240,7 +242,7 @@ def test_inference_unseen_batch_is_named(model_dir, capsys, monkeypatch):
     monkeypatch.chdir(model_dir)
     query = ad.read_h5ad(model_dir / "data" / "test.h5ad")
     query.obs["batch"] = "lab_X"
-    query.write_h5ad(model_dir / "data" / "unseen.h5ad")
+    write_h5ad_file(query, model_dir / "data" / "unseen.h5ad")
     rc, _, err = run(["infer", "--data_path", "data/unseen.h5ad", "--output_dir", "u"], capsys)
     assert rc == 2 and "lab_X" in err and "data/unseen.h5ad" in err
     assert not (model_dir / "u").exists()
@@ -251,8 +253,8 @@ def test_inference_unseen_batch_is_named(model_dir, capsys, monkeypatch):
 
 def test_sequential_sessions_write_session_checkpoints(workdir, capsys):
     full = simulate(n_cells=400, n_genes=120, n_batches=3, n_cell_types=3, seed=2)
-    full[full.obs["batch"] != "batch_2"].copy().write_h5ad(workdir / "data" / "s1.h5ad")
-    full[full.obs["batch"] == "batch_2"].copy().write_h5ad(workdir / "data" / "s2.h5ad")
+    write_h5ad_file(full[full.obs["batch"] != "batch_2"].copy(), workdir / "data" / "s1.h5ad")
+    write_h5ad_file(full[full.obs["batch"] == "batch_2"].copy(), workdir / "data" / "s2.h5ad")
     sessions = [
         {"name": "session_1", "data_path": "data/s1.h5ad", "supervised": True},
         {"name": "session_2", "data_path": "data/s2.h5ad", "supervised": False, "n_epochs": 2},

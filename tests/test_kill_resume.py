@@ -17,6 +17,7 @@ import yaml
 
 from scarkids import SCARKIDS, checkpoint
 from scarkids.datasets import simulate
+from scarkids.h5ad import write_h5ad_file
 
 REPO = Path(__file__).resolve().parents[1]
 N_EPOCHS = 40
@@ -40,8 +41,8 @@ CONFIG = {
 
 def prepare(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    simulate(n_cells=240, n_genes=60, n_batches=2, n_cell_types=3, seed=0).write_h5ad(
-        root / "train.h5ad"
+    write_h5ad_file(
+        simulate(n_cells=240, n_genes=60, n_batches=2, n_cell_types=3, seed=0), root / "train.h5ad"
     )
     (root / "config.yaml").write_text(yaml.safe_dump(CONFIG))
     return root

@@ -142,7 +142,7 @@ def test_corrected_expression_and_predictions(supervised_model):
     adata = supervised_model.adata
     expr = supervised_model.get_normalized_expression(transform_batch="batch_0", library_size=1e4)
     assert expr.shape == (adata.n_obs, adata.n_vars)
-    np.testing.assert_allclose(expr.sum(1), 1e4, rtol=1e-3)
+    np.testing.assert_allclose(expr.sum(axis=1), 1e4, rtol=1e-3)
     own = supervised_model.get_normalized_expression(return_numpy=True)
     assert not np.allclose(own, expr.to_numpy())
     table = supervised_model.predict_with_uncertainty(confidence_threshold=0.5)

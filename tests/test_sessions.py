@@ -8,6 +8,7 @@ import yaml
 from helpers import shared_file
 
 from scarkids import checkpoint, cli
+from scarkids.h5ad import write_h5ad_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,7 +29,7 @@ def test_four_sessions_on_cellbench(tmp_path, monkeypatch, caplog):
     sessions = []
     for (name, batches, supervised), epochs in zip(SESSIONS, EPOCHS, strict=True):
         part = adata[adata.obs["batch"].isin(batches)].copy()
-        part.write_h5ad(tmp_path / "data" / f"{name}.h5ad")
+        write_h5ad_file(part, tmp_path / "data" / f"{name}.h5ad")
         sessions.append(
             {
                 "name": name,

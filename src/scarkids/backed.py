@@ -18,6 +18,7 @@ import torch
 
 from .data import DeviceMatrix, check_counts, select_columns
 from .distributions import NonZeros
+from .errors import InputDataError
 
 
 class BackedCounts:
@@ -38,7 +39,15 @@ class BackedCounts:
     def __getitem__(self, rows: slice) -> sp.csr_matrix:
         if not isinstance(rows, slice) or rows.step not in (None, 1):
             raise TypeError("BackedCounts reads contiguous row ranges only")
-        X = check_counts(self.adata.X[rows], where=self.where)
+        try:
+            block = self.adata.X[rows]
+        except AttributeError as err:  # anndata <= 0.12.6 calls a method scipy 1.17 removed
+            raise InputDataError(
+                f"{self.where}: this anndata cannot read rows of a backed sparse matrix with "
+                f"this scipy ({err}); install anndata>=0.12.7 or scipy<1.17, or read the file "
+                "into memory (anndata.read_h5ad without backed=)"
+            ) from err
+        X = check_counts(block, where=self.where)
         return X if self.columns is None else select_columns(X, self.columns)
 
 

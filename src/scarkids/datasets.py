@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .h5ad import write_h5ad_file
+
 
 def simulate(
     n_cells: int = 3000,
@@ -135,19 +137,16 @@ class _Plan:
         )
 
     def obs(self) -> pd.DataFrame:
-        nb, nc = self.n_batches, self.n_cell_types
+        # object strings throughout: anndata writes pandas 3's string arrays only on opt-in
+        def categorical(codes, prefix, n):
+            names = pd.Index([f"{prefix}_{k}" for k in range(n)], dtype=object)
+            return pd.Categorical.from_codes(codes, categories=names)
+
         return pd.DataFrame(
             {
-                "batch": pd.Categorical(
-                    np.array([f"batch_{b}" for b in range(nb)])[self.batch],
-                    [f"batch_{b}" for b in range(nb)],
-                ),
-                "cell_type": pd.Categorical(
-                    np.array([f"type_{c}" for c in range(nc)])[self.cell_type],
-                    [f"type_{c}" for c in range(nc)],
-                ),
+                "batch": categorical(self.batch, "batch", self.n_batches),
+                "cell_type": categorical(self.cell_type, "type", self.n_cell_types),
             },
-            # object strings: pandas 3's string arrays are not written by anndata < 0.13
             index=pd.Index([f"cell_{i}" for i in range(len(self.batch))], dtype=object),
         )
 
@@ -180,7 +179,7 @@ def write_simulated_h5ad(
     obs = plan.obs()
     library = np.zeros(n_cells, dtype=np.float32)
     var = pd.DataFrame(index=pd.Index([f"gene_{g}" for g in range(n_genes)], dtype=object))
-    ad.AnnData(obs=obs, var=var).write_h5ad(path)
+    write_h5ad_file(ad.AnnData(obs=obs, var=var), path)
     draw = plan.counts if device is None else plan.torch_drawer(device, defaults["seed"])
     with h5py.File(path, "a") as f:
         for i, sl in enumerate(tqdm(_slices(n_cells, chunk_size), disable=not progress)):

@@ -20,6 +20,7 @@ from typing import Any
 from . import distributed
 from .config import config_hash, load_config
 from .errors import ConfigError, InputDataError
+from .h5ad import write_h5ad_file
 
 #: the logger every run message goes to (console and ``training.log``)
 RUN_LOGGER = "scarkids"
@@ -275,9 +276,4 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def write_h5ad(path: str | os.PathLike, adata) -> Path:
-    def write(tmp: str) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            adata.write_h5ad(tmp)
-
-    return write_atomic(path, write)
+    return write_atomic(path, lambda tmp: write_h5ad_file(adata, tmp))

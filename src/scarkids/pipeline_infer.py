@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pandas as pd
 
 from .config import config_hash
 from .errors import InputDataError
+from .h5ad import write_h5ad_file
 from .pipeline import (
     check_writable_dir,
     require,
@@ -203,9 +203,7 @@ def _write_expression_h5ad(path: Path, out, chunks) -> Path:
     shape = (out.n_obs, out.n_vars)
 
     def write(tmp: str) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            out.write_h5ad(tmp)
+        write_h5ad_file(out, tmp)
         with h5py.File(tmp, "a") as f:
             rows = max(1, min(shape[0], (1 << 20) // max(shape[1], 1)))  # ~4 MiB chunks
             X = f.create_dataset("X", shape=shape, dtype="float32", chunks=(rows, shape[1]))
