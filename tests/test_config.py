@@ -43,7 +43,7 @@ def test_empty_config_has_every_section_and_key():
     assert cfg["global"]["latent_dim"] == 10
     assert cfg["global"]["supervised"] is True
     assert cfg["training"]["batch_size"] == 128
-    assert cfg["training"]["learning_rate"] == 1e-3
+    assert cfg["training"]["learning_rate"] is None  # 1e-3 x sqrt(batch_size / 128)
     assert cfg["training"]["lr_scheduler"] is None
     assert cfg["training"]["sessions"] is None
     assert cfg["encoder"]["hidden_dims"] == [128]
@@ -180,7 +180,7 @@ def test_legacy_empty_sections_accept_no_keys():
     [
         (
             {"training": {"learning_rate": "abc"}},
-            "training.learning_rate: expected a number, got 'abc'",
+            "training.learning_rate: expected a number or null, got 'abc'",
         ),
         ({"training": {"batch_size": "big"}}, "training.batch_size: expected an integer"),
         ({"global": {"supervised": "maybe"}}, "global.supervised: expected true or false"),

@@ -166,3 +166,16 @@ def test_training_improves_validation_elbo_on_pbmc():
     model.train(25, progress_bar=False, seed=0)
     elbo = model.history["val_elbo"]
     assert max(elbo[-5:]) > elbo[0] + 20
+
+
+def test_default_learning_rate_scales_with_batch_size():
+    from scarkids.model import default_learning_rate
+
+    assert default_learning_rate(128) == pytest.approx(1e-3)
+    assert default_learning_rate(1024) == pytest.approx(1e-3 * 8**0.5)
+    adata = scarkids.datasets.simulate(400, 50, n_batches=2, n_cell_types=2, seed=0)
+    SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
+    for batch_size, given, expected in ((512, None, 2e-3), (512, 5e-4, 5e-4), (128, None, 1e-3)):
+        model = SCARKIDS(adata, seed=0)
+        model.train(1, batch_size=batch_size, learning_rate=given, progress_bar=False)
+        assert model.history["learning_rate"][0] == pytest.approx(expected)

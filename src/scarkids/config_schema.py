@@ -142,7 +142,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "training": {
         "n_epochs": Key("int", None, optional=True, ge=1, help="null = chosen from data size"),
         "batch_size": Key("int", 128, ge=2),
-        "learning_rate": Key("float", 1e-3, gt=0),
+        "learning_rate": Key(
+            "float", None, optional=True, gt=0, help="null = 1e-3 x sqrt(batch_size / 128)"
+        ),
         "weight_decay": Key("float", 1e-6, ge=0),
         "grad_clip_norm": Key("float", 10.0, optional=True, gt=0, help="null = no clipping"),
         "lr_scheduler": Key(

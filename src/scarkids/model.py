@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from typing import Literal
 
@@ -52,6 +53,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             "device 'cuda' was requested but no CUDA GPU is available; use 'auto' or 'cpu'"
         )
     return torch.device(device)
+
+
+def default_learning_rate(batch_size: int) -> float:
+    """AdamW learning rate when none is given: 1e-3 at batch 128, scaled by
+    ``sqrt(batch_size / 128)`` (larger GPU batches take fewer, less noisy steps; on kang at
+    batch 1024 the scaled rate reaches scVI's quality and 1e-3 does not:
+    benchmarks/batch_size_quality.py)."""
+    return 1e-3 * math.sqrt(batch_size / 128)
 
 
 def default_max_epochs(n_cells: int) -> int:
@@ -244,7 +253,7 @@ class SCARKIDS(ModelOutputs, ReferenceMapping, ModelPersistence):
         adata=None,
         validation_adata=None,
         batch_size: int = 128,
-        learning_rate: float = 1e-3,
+        learning_rate: float | None = None,
         weight_decay: float = 1e-6,
         validation_fraction: float = 0.1,
         early_stopping: bool = False,
@@ -274,6 +283,9 @@ class SCARKIDS(ModelOutputs, ReferenceMapping, ModelPersistence):
         batch parameters learn, so the existing embedding does not move; ``"decoder_batch"``
         also fine-tunes the decoder (the encoder, hence every reference cell's latent, the
         classifier and the prior stay fixed); ``"none"`` trains everything. Returns ``self``.
+
+        ``learning_rate=None`` uses :func:`default_learning_rate`: 1e-3 at the default batch
+        of 128, scaled by ``sqrt(batch_size / 128)`` for larger (GPU) batches.
 
         ``mixed_precision=True`` computes the three genes-wide layers (encoder input,
         decoder expression and dropout heads) in bfloat16 during training, with float32
@@ -335,7 +347,7 @@ class SCARKIDS(ModelOutputs, ReferenceMapping, ModelPersistence):
         settings = TrainingSettings(
             max_epochs=max_epochs if max_epochs is not None else default_max_epochs(adata.n_obs),
             batch_size=batch_size,
-            learning_rate=learning_rate,
+            learning_rate=learning_rate or default_learning_rate(batch_size),
             weight_decay=weight_decay,
             grad_clip_norm=grad_clip_norm,
             mixed_precision=mixed_precision,

@@ -111,7 +111,7 @@ def train_session(
 
     Every input is checked before the first file is written; ``on_first_write`` is called
     just before that first write (the end of the first epoch)."""
-    from .model import SCARKIDS, default_max_epochs, resolve_device
+    from .model import SCARKIDS, default_learning_rate, default_max_epochs, resolve_device
 
     glob, data, tr = cfg["global"], cfg["data"], cfg["training"]
     seed, supervised = tr["seed"], glob["supervised"]
@@ -209,11 +209,12 @@ def train_session(
         "freeze_from": freeze_from,
     }
     callback = _checkpointer(model, tr, extra, n_epochs, last_path, best_path, on_first_write)
+    learning_rate = tr["learning_rate"] or default_learning_rate(tr["batch_size"])
     log.info(
         "Training %d epochs | batch size %d | learning rate %g | checkpoints in %s",
         n_epochs,
         tr["batch_size"],
-        tr["learning_rate"],
+        learning_rate,
         ckpt_dir,
     )
     started = time.perf_counter()
@@ -223,7 +224,7 @@ def train_session(
             adata=adata,
             validation_adata=val_adata,
             batch_size=tr["batch_size"],
-            learning_rate=tr["learning_rate"],
+            learning_rate=learning_rate,
             weight_decay=tr["weight_decay"],
             validation_fraction=data["val_fraction"],
             early_stopping=tr["early_stopping"],
