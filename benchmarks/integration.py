@@ -58,6 +58,26 @@ def log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------- data
+def dataset_arguments(parser) -> None:
+    """``--dataset``, ``--threads`` and ``--seed``, as the single-dataset scripts take them."""
+    parser.add_argument("--dataset", default="kang", choices=sorted(DATASETS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def open_dataset(args):
+    """The preprocessed dataset named by :func:`dataset_arguments` (torch's threads set),
+    or None, after saying why, where the shared data are absent."""
+    path = DATA_DIR / DATASETS[args.dataset]
+    if not path.exists():
+        print(f"{path} not found: the shared datasets are needed; nothing to do")
+        return None
+    import torch
+
+    torch.set_num_threads(args.threads)
+    return load_dataset(path, args.seed)
+
+
 def load_dataset(path: Path, seed: int):
     """Counts rounded to integers in ``layers['counts']``, the 2000 HVGs (all genes when there
     are fewer), log-CP10k in X and a 30-PC PCA in ``obsm['X_pca']``."""

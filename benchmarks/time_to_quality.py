@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from integration import DATA_DIR, DATASETS, N_LATENT, load_dataset, score  # noqa: E402
+from integration import N_LATENT, dataset_arguments, open_dataset, score  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -30,18 +30,11 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--dataset", default="kang", choices=sorted(DATASETS))
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    dataset_arguments(p)
     args = p.parse_args()
-    path = DATA_DIR / DATASETS[args.dataset]
-    if not path.exists():
-        print(f"{path} not found: the shared datasets are needed; nothing to do")
+    adata = open_dataset(args)
+    if adata is None:
         return
-    import torch
-
-    torch.set_num_threads(args.threads)
-    adata = load_dataset(path, args.seed)
 
     import scvi
 
