@@ -12,7 +12,7 @@ import torch
 from . import __version__, checkpoint
 from .data import Registry
 from .module import SCARKIDSModule
-from .training import TrainingState
+from .training_state import TrainingState
 
 
 class ModelPersistence:
