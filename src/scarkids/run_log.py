@@ -66,7 +66,7 @@ def log_validation_metrics(
     Logged as ``Validation metrics: batch silhouette 0.91 | cell-type silhouette 0.62 | ...``;
     a failure is logged as a warning and never stops the run.
     """
-    from .evaluation import quick_metrics
+    from .quick_metrics import quick_metrics
 
     try:
         cells = np.arange(adata.n_obs)
