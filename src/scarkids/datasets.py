@@ -47,13 +47,12 @@ def simulate(
         library_size, library_shift, dispersion, seed,
     )  # fmt: skip
     # cells are drawn in chunks so that a million cells never need a dense matrix
-    draw = plan.counts if device is None else plan.torch_drawer(device, seed)
+    draw = plan.drawer(device)
     chunks = [draw(sl) for sl in _slices(n_cells, chunk_size)]
     counts = sp.vstack(chunks).tocsr() if len(chunks) > 1 else chunks[0]
     obs = plan.obs()
     obs["library_size"] = np.asarray(counts.sum(1)).ravel()
-    var = pd.DataFrame(index=pd.Index([f"gene_{g}" for g in range(n_genes)], dtype=object))
-    return ad.AnnData(X=counts, obs=obs, var=var)
+    return ad.AnnData(X=counts, obs=obs, var=plan.var())
 
 
 def _slices(n: int, size: int) -> list[slice]:
@@ -69,7 +68,7 @@ class _Plan:
         batch_effect, library_size, library_shift, dispersion, seed,
     ):  # fmt: skip
         rng = np.random.default_rng(seed)
-        self.rng = rng
+        self.rng, self.seed = rng, seed
         self.dispersion = dispersion
         self.n_batches, self.n_cell_types = n_batches, n_cell_types
         self.base = rng.normal(0.0, 1.0, n_genes)  # log relative expression per gene
@@ -101,11 +100,14 @@ class _Plan:
         gamma = rng.gamma(self.dispersion, mu / self.dispersion)  # NB as a gamma-Poisson mixture
         return sp.csr_matrix(rng.poisson(gamma).astype(np.float32))
 
-    def torch_drawer(self, device: str, seed: int):
-        """A ``counts``-like function drawing with torch on ``device`` (seeded)."""
+    def drawer(self, device: str | None):
+        """:meth:`counts` (numpy) or, on a torch ``device``, :meth:`counts_torch` with a
+        generator seeded like the plan."""
+        if device is None:
+            return self.counts
         import torch
 
-        generator = torch.Generator(device=device).manual_seed(seed)
+        generator = torch.Generator(device=device).manual_seed(self.seed)
         return lambda sl: self.counts_torch(sl, generator)
 
     def counts_torch(self, sl: slice, generator) -> sp.csr_matrix:
@@ -135,6 +137,10 @@ class _Plan:
             ),
             shape=(n, n_genes),
         )
+
+    def var(self) -> pd.DataFrame:
+        names = [f"gene_{g}" for g in range(len(self.base))]
+        return pd.DataFrame(index=pd.Index(names, dtype=object))  # object strings: see obs
 
     def obs(self) -> pd.DataFrame:
         # object strings throughout: anndata writes pandas 3's string arrays only on opt-in
@@ -178,9 +184,8 @@ def write_simulated_h5ad(
     plan = _Plan(n_cells, n_genes, **defaults)
     obs = plan.obs()
     library = np.zeros(n_cells, dtype=np.float32)
-    var = pd.DataFrame(index=pd.Index([f"gene_{g}" for g in range(n_genes)], dtype=object))
-    write_h5ad_file(ad.AnnData(obs=obs, var=var), path)
-    draw = plan.counts if device is None else plan.torch_drawer(device, defaults["seed"])
+    write_h5ad_file(ad.AnnData(obs=obs, var=plan.var()), path)
+    draw = plan.drawer(device)
     with h5py.File(path, "a") as f:
         for i, sl in enumerate(tqdm(_slices(n_cells, chunk_size), disable=not progress)):
             chunk = draw(sl)
