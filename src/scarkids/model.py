@@ -34,7 +34,7 @@ from .training import (
     TrainingData,
     TrainingSettings,
     TrainingState,
-    release_freed_memory,
+    releasing_memory,
     train_module,
 )
 
@@ -236,14 +236,10 @@ class SCARKIDS(ModelOutputs, ReferenceMapping, ModelPersistence):
         """``(cell slice, dense counts or None when counts=False, batch codes)`` chunks."""
         adata = self.adata if adata is None else adata
         X, batch, _ = self._encode(adata, labels="ignore", **kw)
-        for i, start in enumerate(range(0, adata.n_obs, batch_size)):
+        for start in releasing_memory(range(0, adata.n_obs, batch_size)):
             sl = slice(start, min(start + batch_size, adata.n_obs))
             x = torch.as_tensor(X[sl].toarray(), device=self.device) if X is not None else None
             yield sl, x, torch.as_tensor(batch[sl], device=self.device)
-            if i % 16 == 15:
-                # chunk temporaries interleave with the kept outputs on the heap: without
-                # this, 1M cells' embedding grew RSS by ~2.5 GiB
-                release_freed_memory()
 
     # ----------------------------------------------------------------- training
     def train(
@@ -347,7 +343,9 @@ class SCARKIDS(ModelOutputs, ReferenceMapping, ModelPersistence):
         settings = TrainingSettings(
             max_epochs=max_epochs if max_epochs is not None else default_max_epochs(adata.n_obs),
             batch_size=batch_size,
-            learning_rate=learning_rate or default_learning_rate(batch_size),
+            learning_rate=(
+                default_learning_rate(batch_size) if learning_rate is None else learning_rate
+            ),
             weight_decay=weight_decay,
             grad_clip_norm=grad_clip_norm,
             mixed_precision=mixed_precision,

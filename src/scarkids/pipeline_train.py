@@ -209,7 +209,9 @@ def train_session(
         "freeze_from": freeze_from,
     }
     callback = _checkpointer(model, tr, extra, n_epochs, last_path, best_path, on_first_write)
-    learning_rate = tr["learning_rate"] or default_learning_rate(tr["batch_size"])
+    learning_rate = tr["learning_rate"]
+    if learning_rate is None:
+        learning_rate = default_learning_rate(tr["batch_size"])
     log.info(
         "Training %d epochs | batch size %d | learning rate %g | checkpoints in %s",
         n_epochs,

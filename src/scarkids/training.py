@@ -12,6 +12,7 @@ import ctypes
 import functools
 import logging
 import math
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -149,10 +150,8 @@ def cluster_latent(
     module.eval()
     n = data.batch.shape[0]
     z = torch.empty(n, module.n_latent, device=data.batch.device)
-    for i, (s, e) in enumerate(_batches(n, chunk)):
+    for s, e in releasing_memory(_batches(n, chunk)):
         z[s:e] = module.inference(data.X.row_block(s, e), data.batch[s:e], sample=False)["z"]
-        if i % 16 == 15:
-            release_freed_memory()  # chunk temporaries: see SCARKIDS._chunks
     module.train(was_training)
     z = z.cpu().numpy()
     # fewer cells than clusters: the surplus clusters simply start empty. Above
@@ -193,6 +192,16 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def releasing_memory(chunks: Iterable, every: int = 16) -> Iterator:
+    """``chunks``, handing freed memory back to the OS after every ``every`` of them: in a
+    chunked pass the chunk temporaries interleave with the kept outputs on the heap, and
+    without this 1M cells' embedding grew RSS by ~2.5 GiB."""
+    for i, chunk in enumerate(chunks):
+        yield chunk
+        if i % every == every - 1:
+            release_freed_memory()
 
 
 def _fused_ok(params: list[torch.nn.Parameter]) -> bool:
