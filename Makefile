@@ -5,13 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint benchmark
+.PHONY: demo test lint docs benchmark
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test,eval]"
+	$(PY) -m pip install --quiet -e ".[test,eval,docs]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -19,8 +19,13 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks main.py
+	$(VENV)/bin/ruff format --check src tests benchmarks main.py
 
-test: lint
+# the documentation, with its tutorial executed; warnings are errors
+docs: $(VENV)/.installed
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+test: lint docs
 	$(PY) -m pytest
 
 $(VENV)/.benchmark: $(VENV)/.installed

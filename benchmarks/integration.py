@@ -412,7 +412,7 @@ def main(argv=None) -> int:
     import torch
     from threadpoolctl import threadpool_limits
 
-    import scarkids.model  # noqa: F401  (loaded now, so that `code` names the code that runs)
+    import scarkids.model.base  # noqa: F401  (loaded now, so that `code` names the code that runs)
 
     code = git_state()
 

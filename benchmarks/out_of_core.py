@@ -79,7 +79,7 @@ def main() -> None:
     path = Path(args.path)
     write_s = None
     if not path.exists():
-        from scarkids.datasets import write_simulated_h5ad
+        from scarkids.data.simulate import write_simulated_h5ad
 
         print(f"writing {args.cells:,} x {args.genes} simulated cells to {path} ...", flush=True)
         t = time.perf_counter()

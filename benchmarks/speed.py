@@ -46,7 +46,7 @@ SIMULATION = dict(n_batches=4, n_cell_types=8, library_size=1500.0)
 
 def data_file(n_cells: int, n_genes: int, seed: int) -> Path:
     """The simulated counts for a size, written once (chunk by chunk) and then reused."""
-    from scarkids.datasets import write_simulated_h5ad
+    from scarkids.data.simulate import write_simulated_h5ad
 
     path = Path(f"/tmp/scarkids_speed_{n_cells}x{n_genes}_s{seed}.h5ad")
     if not path.exists():
@@ -82,7 +82,7 @@ def worker(specs: list[str], n_cells: int, args) -> list[dict]:
     if device == "cpu":
         adata = ad.read_h5ad(data_file(n_cells, 2000, seed=0))  # in memory
     else:  # drawn on the GPU, the same counts in every process (seeded torch generator)
-        from scarkids.datasets import simulate
+        from scarkids.data.simulate import simulate
 
         adata = simulate(n_cells, 2000, chunk_size=100_000, device=device, **SIMULATION)
     data_s = time.perf_counter() - t

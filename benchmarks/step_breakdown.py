@@ -25,15 +25,15 @@ from pathlib import Path
 import scipy.sparse as sp
 import torch
 
-from scarkids.data import DeviceMatrix
-from scarkids.distributions import softmax_count_log_prob_sum
-from scarkids.module import SCARKIDSModule
+from scarkids.data.store import DeviceMatrix
+from scarkids.distributions.counts import softmax_count_log_prob_sum
+from scarkids.module.vae import SCARKIDSModule
 
 
 def counts(n_cells: int):
     import anndata as ad
 
-    from scarkids.datasets import simulate
+    from scarkids.data.simulate import simulate
 
     path = Path(f"/tmp/scarkids_speed_{n_cells}x2000_s0.h5ad")  # written by speed.py
     kwargs = dict(n_batches=4, n_cell_types=8, library_size=1500.0)

@@ -10,10 +10,10 @@ import scipy.sparse as sp
 import torch
 
 from scarkids import SCARKIDS
-from scarkids.backed import BackedCounts, ChunkedStore
-from scarkids.datasets import simulate, write_simulated_h5ad
+from scarkids.data.backed import BackedCounts, ChunkedStore
+from scarkids.data.h5ad import write_h5ad_file
+from scarkids.data.simulate import simulate, write_simulated_h5ad
 from scarkids.errors import InputDataError
-from scarkids.h5ad import write_h5ad_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,8 +14,8 @@ import scipy.sparse as sp
 import yaml
 
 from scarkids import cli
-from scarkids.datasets import simulate
-from scarkids.h5ad import write_h5ad_file
+from scarkids.data.h5ad import write_h5ad_file
+from scarkids.data.simulate import simulate
 
 BASE = {
     "global": {"latent_dim": 4, "n_diffusion_steps": 20, "n_genes": None, "supervised": True},
@@ -27,7 +27,7 @@ BASE = {
     "encoder": {"hidden_dims": [16]},
     "classifier": {"hidden_dim": 8},
     "likelihood": {"hidden_dim": 16},
-    "ddpm_backward": {"noise_hidden_dim": 16, "timestep_embed_dim": 8, "celltype_embed_dim": 8},
+    "ddpm_backward": {"noise_hidden_dim": 16, "timestep_embed_dim": 8},
     "training": {"n_epochs": 2, "batch_size": 64, "device": "cpu"},
     "inference": {"n_refinement_steps": 5, "device": "cpu"},
 }

@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from scarkids import checkpoint, cli
-from scarkids.datasets import simulate
-from scarkids.h5ad import write_h5ad_file
+from scarkids import cli
+from scarkids.data.h5ad import write_h5ad_file
+from scarkids.data.simulate import simulate
+from scarkids.model import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,7 @@ TINY = {
     "encoder": {"hidden_dims": [32]},
     "classifier": {"hidden_dim": 16},
     "likelihood": {"hidden_dim": 32},
-    "ddpm_backward": {"noise_hidden_dim": 32, "timestep_embed_dim": 8, "celltype_embed_dim": 8},
+    "ddpm_backward": {"noise_hidden_dim": 32, "timestep_embed_dim": 8},
     "training": {"n_epochs": 3, "batch_size": 64, "device": "cpu"},
     "inference": {"n_refinement_steps": 10, "device": "cpu"},
 }
@@ -122,7 +123,8 @@ def test_train_auto_resumes_from_last_checkpoint(workdir, capsys):
 
 
 def test_ctrl_c_leaves_a_resumable_last_checkpoint(workdir, capsys, monkeypatch):
-    from scarkids import pipeline_train, run_log
+    from scarkids.cli import logs as run_log
+    from scarkids.cli import train as pipeline_train
 
     def interrupt_at_2(epoch, *args):
         if epoch == 2:
@@ -331,7 +333,7 @@ def test_demo_writes_outputs_and_umap(tmp_path, capsys, monkeypatch):
 
 
 def test_simulate_and_evaluate_errors(tmp_path, capsys, monkeypatch):
-    from scarkids import evaluation
+    from scarkids.metrics import scib as evaluation
 
     out = tmp_path / "sim.h5ad"
     rc, _, err = run(["simulate", "--output", out, "--n_cells", 50, "--n_genes", 30], capsys)

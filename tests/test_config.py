@@ -8,14 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scarkids.config import (
-    config_hash,
-    dump_config,
-    load_config,
-    resolve_config,
-    session_list,
-)
-from scarkids.config_schema import SCHEMA
+from scarkids.config.load import config_hash, dump_config, load_config, resolve_config, session_list
+from scarkids.config.schema import SCHEMA
 from scarkids.errors import ConfigError
 
 ROOT = Path(__file__).parents[1]
@@ -79,12 +73,11 @@ def test_dump_round_trips_and_hash_is_stable():
 
 
 def test_global_keys_are_inherited_by_sections_that_list_them():
-    cfg = resolve_config({"global": {"dropout": 0.25, "use_batch_norm": True, "eps": 1e-6}})
+    cfg = resolve_config({"global": {"dropout": 0.25, "use_batch_norm": True}})
     for section in ("encoder", "classifier", "likelihood", "ddpm_backward"):
         assert cfg[section]["dropout"] == 0.25, section
     assert cfg["encoder"]["use_batch_norm"] is True
     assert cfg["classifier"]["use_batch_norm"] is True
-    assert cfg["encoder"]["eps"] == 1e-6
     assert cfg["global"]["dropout"] == 0.25  # global is kept
 
 
@@ -295,12 +288,22 @@ def test_refinement_steps_cannot_exceed_diffusion_steps():
         ({"data": {"normalize": False}}, "data.normalize has no effect"),
         ({"classifier": {"batch_embed_dim": 32}}, "classifier.batch_embed_dim has no effect"),
         ({"prior": {"batch_prior_probs": [0.5, 0.5]}}, "prior.batch_prior_probs has no effect"),
-        ({"ddpm_backward": {"variance_type": "learned"}}, "learned variance is not implemented"),
+        ({"global": {"eps": 1e-8}}, "global.eps has no effect"),
+        ({"likelihood": {"use_library_size": True}}, "likelihood.use_library_size has no effect"),
+        ({"ddpm_backward": {"celltype_embed_dim": 32}}, "celltype_embed_dim has no effect"),
+        ({"training": {"log_interval": 10}}, "training.log_interval has no effect"),
     ],
 )
 def test_legacy_keys_are_accepted_with_a_warning(raw, expected):
     with pytest.warns(UserWarning, match=expected):
         resolve_config(raw)
+
+
+def test_learned_reverse_variance_is_refused_until_it_exists():
+    with pytest.raises(
+        ConfigError, match="ddpm_backward.variance_type.*learned is not implemented"
+    ):
+        resolve_config({"ddpm_backward": {"variance_type": "learned"}})
 
 
 def test_defaults_raise_no_warning():

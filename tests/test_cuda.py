@@ -15,8 +15,8 @@ from helpers import same_label_fraction
 
 import scarkids
 from scarkids import SCARKIDS
-from scarkids.data import DeviceMatrix
-from scarkids.module import SCARKIDSModule
+from scarkids.data.store import DeviceMatrix
+from scarkids.module.vae import SCARKIDSModule
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

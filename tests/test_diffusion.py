@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from scarkids.diffusion import COSINE_MAX_BETA, DiffusionPrior, make_beta_schedule
+from scarkids.module.diffusion import COSINE_MAX_BETA, DiffusionPrior, make_beta_schedule
 
 
 def optimal_eps(prior: DiffusionPrior, z_t, t, m: float, s: float):

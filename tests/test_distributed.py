@@ -21,8 +21,8 @@ import yaml
 from scipy.spatial.distance import pdist
 
 from scarkids import SCARKIDS
-from scarkids.datasets import simulate
-from scarkids.h5ad import write_h5ad_file
+from scarkids.data.h5ad import write_h5ad_file
+from scarkids.data.simulate import simulate
 
 EPOCHS = 8
 CONFIG = {
@@ -91,7 +91,8 @@ def test_ddp_matches_single_process(runs):
 SCRIPT = """
 import hashlib, sys, torch
 torch.set_num_threads(1)
-from scarkids import SCARKIDS, distributed
+from scarkids import SCARKIDS
+from scarkids.train import distributed
 from scarkids.datasets import simulate
 adata = simulate(600, 80, n_batches=2, n_cell_types=3, seed=1)
 SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="cell_type")

@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 from scipy.special import expit, logsumexp
 
-from scarkids.distributions import negative_binomial_log_prob, zinb_log_prob
+from scarkids.distributions.counts import negative_binomial_log_prob, zinb_log_prob
 
 
 def scipy_zinb_logpmf(x, mu, theta, pi):

@@ -1,4 +1,4 @@
-"""Tests of scarkids.evaluation and scarkids.plotting on small synthetic embeddings."""
+"""Tests of scarkids.evaluation and scarkids.pl on small synthetic embeddings."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from scarkids.evaluation import (
     quick_metrics,
     write_evaluation,
 )
-from scarkids.plotting import plot_metrics_table, plot_umap
+from scarkids.pl.plots import plot_metrics_table, plot_umap
 
 N_CELLS, N_BATCHES, N_TYPES, DIM = 600, 3, 4, 10
 N_UNKNOWN, N_NAN = 30, 10  # cells without a usable label

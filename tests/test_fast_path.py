@@ -13,16 +13,16 @@ import scipy.sparse as sp
 import torch
 from helpers import DEVICES, NEEDS_CUDA
 
-from scarkids.data import DeviceMatrix
-from scarkids.datasets import simulate
-from scarkids.distributions import (
+from scarkids.data.simulate import simulate
+from scarkids.data.store import DeviceMatrix
+from scarkids.distributions.counts import (
     NonZeros,
     count_log_prob,
     count_log_prob_sum,
     digamma,
     softmax_count_log_prob_sum,
 )
-from scarkids.module import SCARKIDSModule
+from scarkids.module.vae import SCARKIDSModule
 
 
 def _inputs(theta_rows: int, zero_inflated: bool, dtype=torch.float64, device="cpu"):
@@ -178,8 +178,8 @@ def test_module_loss_fast_path_equals_reference_path(label_mode, device, monkeyp
 
     fast_out, fast_grads = run(True)
 
-    import scarkids.diffusion as diffusion
-    import scarkids.module as module_lib
+    import scarkids.module.diffusion as diffusion
+    import scarkids.module.vae as module_lib
 
     def reference_likelihood(x, logits, log_library, log_theta, drop, nonzero=None):
         log_mu = torch.log_softmax(logits, -1) + log_library[:, None]
@@ -217,7 +217,7 @@ def test_module_loss_fast_path_equals_reference_path(label_mode, device, monkeyp
 def test_dense_fill_from_csr_matches_toarray(device):
     """A GPU store is filled from the CSR arrays block by block (no host densifying): the
     same matrix as scipy's toarray, with empty rows, unsorted and duplicate entries."""
-    from scarkids.data import _dense_on_device
+    from scarkids.data.store import _dense_on_device
 
     # row 0: column 4 twice and out of order; row 1 empty
     raw = sp.csr_matrix(
@@ -237,7 +237,7 @@ def test_kmeans_initialisation_on_a_subset_assigns_every_cell():
     cell is assigned to its nearest centre: the same clusters as fitting on all cells."""
     from sklearn.metrics import adjusted_rand_score
 
-    from scarkids.training import TrainingData, cluster_latent
+    from scarkids.train.loop import TrainingData, cluster_latent
 
     rng = np.random.default_rng(4)
     truth = rng.integers(0, 4, 3000)

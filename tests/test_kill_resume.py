@@ -15,9 +15,10 @@ import anndata as ad
 import numpy as np
 import yaml
 
-from scarkids import SCARKIDS, checkpoint
-from scarkids.datasets import simulate
-from scarkids.h5ad import write_h5ad_file
+from scarkids import SCARKIDS
+from scarkids.data.h5ad import write_h5ad_file
+from scarkids.data.simulate import simulate
+from scarkids.model import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 N_EPOCHS = 40
@@ -27,7 +28,7 @@ CONFIG = {
     "encoder": {"hidden_dims": [16]},
     "classifier": {"hidden_dim": 8},
     "likelihood": {"hidden_dim": 16},
-    "ddpm_backward": {"noise_hidden_dim": 16, "timestep_embed_dim": 8, "celltype_embed_dim": 8},
+    "ddpm_backward": {"noise_hidden_dim": 16, "timestep_embed_dim": 8},
     "training": {
         "n_epochs": N_EPOCHS,
         "batch_size": 32,

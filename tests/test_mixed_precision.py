@@ -8,7 +8,7 @@ from helpers import same_label_fraction
 
 import scarkids
 from scarkids import SCARKIDS
-from scarkids.nn import wide_linear
+from scarkids.nn.layers import wide_linear
 
 
 def test_wide_linear_bf16_close_to_float32_and_differentiable():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import scanpy as sc
+import torch
 from helpers import random_expectation, same_label_fraction, shared_file
 from sklearn.metrics import adjusted_rand_score
 
@@ -52,13 +54,47 @@ def test_integration_on_simulated_strong_batch_effect(supervised_model):
     assert same_label_fraction(z, adata.obs["cell_type"]) > 0.9
 
 
-def test_unsupervised_recovers_cell_types():
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+def test_unsupervised_recovers_cell_types(seed):
+    """Every seed, not one lucky one: the clusters of ``predict()`` are the cell types."""
     adata = strong_batch_data(seed=2)
     SCARKIDS.setup_anndata(adata, batch_key="batch")
-    model = SCARKIDS(adata, n_labels=5, seed=0)
-    model.train(60, progress_bar=False, seed=0)
+    model = SCARKIDS(adata, n_labels=5, seed=seed)
+    model.train(60, progress_bar=False, seed=seed)
     assert model.registry.labels_are_clusters
     assert adjusted_rand_score(adata.obs["cell_type"], model.predict()) >= 0.8
+
+
+@pytest.mark.slow
+def test_unsupervised_clusters_above_the_true_number_stay_pure():
+    """With twice the true number of clusters allowed, no cluster mixes types: each is
+    (nearly) one cell type, and predictions name only the clusters in use."""
+    adata = strong_batch_data(seed=2)
+    SCARKIDS.setup_anndata(adata, batch_key="batch")
+    model = SCARKIDS(adata, n_labels=10, seed=0)
+    model.train(60, progress_bar=False, seed=0)
+    pred = model.predict()
+    in_use = model.label_names
+    assert 5 <= len(in_use) <= 10 and set(pred) <= set(in_use)
+    table = pd.crosstab(pred, adata.obs["cell_type"].to_numpy())
+    assert table.max(axis=1).sum() / adata.n_obs >= 0.95  # majority-mapped accuracy
+    soft = model.predict(soft=True)
+    assert list(soft.columns) == in_use
+    np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-5)
+
+
+def test_a_cluster_without_mass_is_switched_off():
+    from scarkids.module import SCARKIDSModule
+
+    module = SCARKIDSModule(20, 2, 4, n_latent=3, n_diffusion_steps=10)
+    module.set_label_prior(torch.tensor([500.0, 300.0, 0.2, 199.8]))
+    pi = module.log_label_prior.exp()
+    assert module.labels_in_use().tolist() == [True, True, False, True]
+    np.testing.assert_allclose(pi.sum().item(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        pi[[0, 1, 3]].numpy(), np.array([500, 300, 199.8]) / 999.8, rtol=1e-5
+    )
 
 
 def test_semi_supervised_labels_hidden_cells():
@@ -169,7 +205,7 @@ def test_training_improves_validation_elbo_on_pbmc():
 
 
 def test_default_learning_rate_scales_with_batch_size():
-    from scarkids.model import default_learning_rate
+    from scarkids.train import default_learning_rate
 
     assert default_learning_rate(128) == pytest.approx(1e-3)
     assert default_learning_rate(1024) == pytest.approx(1e-3 * 8**0.5)

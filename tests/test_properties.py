@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from scarkids import SCARKIDS, ScarkidsError, cli
-from scarkids.h5ad import write_h5ad_file
-from scarkids.preprocessing import check_columns, zero_count_cells
+from scarkids.data.h5ad import write_h5ad_file
+from scarkids.data.preprocess import check_columns, zero_count_cells
 
 SETTINGS = settings(
     max_examples=15,
@@ -118,7 +118,7 @@ BASE = {
     "encoder": {"hidden_dims": [8]},
     "classifier": {"hidden_dim": 8},
     "likelihood": {"hidden_dim": 8},
-    "ddpm_backward": {"noise_hidden_dim": 8, "timestep_embed_dim": 4, "celltype_embed_dim": 4},
+    "ddpm_backward": {"noise_hidden_dim": 8, "timestep_embed_dim": 4},
     "training": {"n_epochs": 1, "batch_size": 8, "device": "cpu"},
     "inference": {"n_refinement_steps": 5, "device": "cpu"},
 }

@@ -7,8 +7,9 @@ import pytest
 import yaml
 from helpers import shared_file
 
-from scarkids import checkpoint, cli
-from scarkids.h5ad import write_h5ad_file
+from scarkids import cli
+from scarkids.data.h5ad import write_h5ad_file
+from scarkids.model import checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

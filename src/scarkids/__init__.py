@@ -7,13 +7,23 @@ line's ``--help`` stay fast.
 from __future__ import annotations
 
 import importlib
+from importlib import metadata
 
-from .errors import CheckpointError, ConfigError, InputDataError, ScarkidsError, TrainingError
+from scarkids.errors import (
+    CheckpointError,
+    ConfigError,
+    InputDataError,
+    ScarkidsError,
+    TrainingError,
+)
 
-__version__ = "0.1.0"
+try:  # the one place the version is written is pyproject.toml
+    __version__ = metadata.version("scarkids")
+except metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0.0.0+unknown"
 
 _LAZY = {
-    "SCARKIDS": ("model", "SCARKIDS"),
+    "SCARKIDS": ("model.base", "SCARKIDS"),
     "datasets": ("datasets", None),
     "evaluate": ("evaluation", "evaluate"),
 }

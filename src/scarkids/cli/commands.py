@@ -1,0 +1,462 @@
+"""The ``scarkids`` command line (and ``python main.py --mode ...``, the seed's form).
+
+    scarkids train      --config config.yaml [--seed N] [--fresh]
+    scarkids infer      --config config.yaml [--checkpoint P] [--data_path P] [--output_dir D]
+    scarkids sequential --config examples/sequential.yaml
+    scarkids demo | simulate | evaluate
+
+Any :class:`~scarkids.errors.ScarkidsError` becomes one line ``error: <message>`` on stderr
+and exit code 2 (with the traceback too under ``--debug``); Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+import warnings
+
+from scarkids import __version__
+from scarkids.errors import InputDataError, ScarkidsError
+
+log = logging.getLogger("scarkids.run")
+
+MODES = ("train", "inference", "sequential")
+_SEED_ONLY = ("checkpoint", "data_path", "output_dir")  # train reads --data_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    argv = _translate_mode(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error argparse already reported
+        return e.code if isinstance(e.code, int) else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    from scarkids.cli.common import console_logging
+    from scarkids.train import distributed
+
+    args.argv = argv
+    # in a distributed run only rank 0 talks; the others report errors only
+    level = logging.INFO if distributed.is_main_process() else logging.ERROR
+    with console_logging(level=level), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.showwarning = _log_warning
+        try:
+            return args.run(args) or 0
+        except KeyboardInterrupt as e:
+            message = getattr(e, "message", None) or "interrupted"
+            print(message, file=sys.stderr)
+            return 130
+        except ScarkidsError as e:
+            if args.debug:
+                traceback.print_exc()
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        except MissingExtraError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+
+class MissingExtraError(Exception):
+    """An optional dependency is not installed; the message is the install hint."""
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    log.warning("%s", message)
+
+
+def _translate_mode(argv: list[str]) -> list[str]:
+    """``--mode train --config C`` (the seed's form) -> ``train --config C``."""
+    for i, arg in enumerate(argv):
+        if arg == "--mode" and i + 1 < len(argv):
+            return [argv[i + 1], *argv[:i], *argv[i + 2 :]]
+        if arg.startswith("--mode="):
+            return [arg.split("=", 1)[1], *argv[:i], *argv[i + 1 :]]
+    return argv
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``scarkids`` parser: one subcommand per task, every option with its default."""
+    parser = argparse.ArgumentParser(
+        prog="scarkids",
+        description="scARKIDS: single-cell RNA-seq integration with a VAE and a latent "
+        "diffusion prior. Also callable as: python main.py --mode train|inference|sequential.",
+    )
+    parser.add_argument("--version", action="version", version=f"scarkids {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parents = _shared_options()
+    _add_train(sub, parents)
+    _add_infer(sub, parents)
+    _add_sequential(sub, parents)
+    _add_demo(sub, parents)
+    _add_simulate(sub, parents)
+    _add_evaluate(sub, parents)
+    return parser
+
+
+def _shared_options() -> dict[str, argparse.ArgumentParser]:
+    """Option groups shared by several subcommands (argparse parents)."""
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    common = argparse.ArgumentParser(add_help=False, parents=[debug])
+    common.add_argument(
+        "--config", default="config.yaml", help="config file (default: %(default)s)"
+    )
+    common.add_argument(
+        "--seed", type=int, help="random seed (default: training.seed of the config)"
+    )
+    common.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help="overrides training.device and inference.device (default: the config's, auto)",
+    )
+    io = argparse.ArgumentParser(add_help=False)
+    io.add_argument(
+        "--checkpoint", help="model checkpoint (default: <checkpoint_dir>/best_model.pt)"
+    )
+    io.add_argument(
+        "--data_path", "--data-path", help="data to embed (default: data.test_data_path)"
+    )
+    io.add_argument(
+        "--output_dir", "--output-dir", help="output folder (default: inference.output_dir)"
+    )
+    train_data = argparse.ArgumentParser(add_help=False)
+    train_data.add_argument(
+        "--data_path",
+        "--data-path",
+        help="training data; overrides data.train_data_path (default: the config's)",
+    )
+    seed_only = argparse.ArgumentParser(add_help=False)
+    seed_only_train = argparse.ArgumentParser(add_help=False)
+    for name in _SEED_ONLY:  # accepted (and ignored) so seed-style scripts keep working
+        seed_only.add_argument(f"--{name}", help=argparse.SUPPRESS)
+        if name != "data_path":
+            seed_only_train.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    fresh = argparse.ArgumentParser(add_help=False)
+    fresh.add_argument("--fresh", action="store_true", help="ignore an existing last.pt")
+    fresh.add_argument(
+        "--devices",
+        type=int,
+        help="train with this many processes on this machine through PyTorch DDP (one per "
+        "GPU, or gloo on CPUs; 1 = the distributed code path with one process); for several "
+        "machines use torchrun, see the README (default: one process, no DDP)",
+    )
+    return {
+        "debug": debug,
+        "common": common,
+        "io": io,
+        "train_data": train_data,
+        "seed_only": seed_only,
+        "seed_only_train": seed_only_train,
+        "fresh": fresh,
+    }
+
+
+def _add_train(sub, parents: dict) -> None:
+    p = sub.add_parser(
+        "train",
+        parents=[
+            parents["common"],
+            parents["fresh"],
+            parents["train_data"],
+            parents["seed_only_train"],
+        ],
+        help="train a model (resumes from <checkpoint_dir>/last.pt when it matches)",
+        description="Train on data.train_data_path (or --data_path); writes best_model.pt and "
+        "last.pt to training.checkpoint_dir and one line per epoch to "
+        "<log_dir>/training.log. Running the same command again resumes an interrupted run.",
+    )
+    p.set_defaults(run=_cmd_train)
+
+
+def _add_infer(sub, parents: dict) -> None:
+    p = sub.add_parser(
+        "infer",
+        aliases=["inference"],
+        parents=[parents["common"], parents["io"]],
+        help="embed, batch-correct and annotate cells with a trained model",
+        description="Writes latent_embeddings.npy, corrected_expression.h5ad, "
+        "cell_type_predictions.csv and run_info.json to the output folder.",
+    )
+    p.set_defaults(run=_cmd_infer)
+
+
+def _add_sequential(sub, parents: dict) -> None:
+    p = sub.add_parser(
+        "sequential",
+        parents=[parents["common"], parents["fresh"], parents["seed_only"]],
+        help="train the sessions of training.sessions in order (transfer learning)",
+        description="Each session starts from the previous session's output_checkpoint.",
+    )
+    p.set_defaults(run=_cmd_sequential)
+
+
+def _add_demo(sub, parents: dict) -> None:
+    p = sub.add_parser(
+        "demo",
+        parents=[parents["debug"]],
+        help="simulate data, train, run inference and draw a UMAP (a few minutes on a CPU)",
+        description="Simulates cells with batch effects and cell types, trains scARKIDS on "
+        "them, runs inference and draws demo_output/umap.png (before and after integration, "
+        "coloured by batch and by cell type). Needs no data and no config.",
+    )
+    p.add_argument(
+        "--output_dir", "--output-dir", default="demo_output", help="default: %(default)s"
+    )
+    p.add_argument(
+        "--n_cells", "--n-cells", type=int, default=3000, help="cells (default: %(default)s)"
+    )
+    p.add_argument("--epochs", type=int, default=30, help="training epochs (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda", "mps"),
+        default="auto",
+        help="default: %(default)s (a GPU when there is one)",
+    )
+    p.add_argument("--fresh", action="store_true", help="ignore a previous demo's last.pt")
+    p.set_defaults(run=_cmd_demo)
+
+
+def _add_simulate(sub, parents: dict) -> None:
+    p = sub.add_parser(
+        "simulate",
+        parents=[parents["debug"]],
+        help="write a simulated dataset with batch effects (.h5ad)",
+        description="Writes raw counts with obs['batch'] and obs['cell_type'] "
+        "(scarkids.datasets.simulate).",
+    )
+    p.add_argument("--output", required=True, help="the .h5ad file to write")
+    for flag, kind, default, what in (
+        ("n_cells", int, 3000, "cells"),
+        ("n_genes", int, 1000, "genes"),
+        ("n_batches", int, 3, "batches"),
+        ("n_cell_types", int, 5, "cell types"),
+        ("batch_effect", float, 0.5, "log-scale sd of the per-batch gene effects"),
+    ):
+        p.add_argument(
+            f"--{flag}",
+            f"--{flag.replace('_', '-')}",
+            type=kind,
+            default=default,
+            help=f"{what} (default: %(default)s)",
+        )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.set_defaults(run=_cmd_simulate)
+
+
+def _add_evaluate(sub, parents: dict) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        parents=[parents["debug"]],
+        help="scIB metrics of an embedding (needs: pip install 'scarkids[eval]')",
+        description="Scores an embedding with the scIB metrics (scib-metrics 0.5): bio "
+        "conservation, batch correction and their Total (higher is better for every column); "
+        "writes metrics.tsv, metrics.json and a table figure.",
+    )
+    p.add_argument("--data", required=True, help=".h5ad with batch and cell-type columns")
+    p.add_argument("--embedding", required=True, help="a .npy file (rows = cells) or an obsm key")
+    p.add_argument(
+        "--batch_key", "--batch-key", default="batch", help="obs column (default: %(default)s)"
+    )
+    p.add_argument(
+        "--labels_key",
+        "--labels-key",
+        default="cell_type",
+        help="obs column (default: %(default)s)",
+    )
+    p.add_argument(
+        "--prediction_key",
+        "--prediction-key",
+        help="obs column of predicted labels: adds accuracy and macro-F1 (default: none)",
+    )
+    p.add_argument(
+        "--output_dir", "--output-dir", default="evaluation", help="default: %(default)s"
+    )
+    p.add_argument("--subsample", type=int, help="evaluate at most this many cells (default: all)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the subsample (default: %(default)s)"
+    )
+    p.set_defaults(run=_cmd_evaluate)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _config(args) -> dict:
+    from scarkids.cli.common import read_config
+
+    overrides = {}
+    if getattr(args, "command", None) == "train" and getattr(args, "data_path", None):
+        overrides["data.train_data_path"] = args.data_path
+    if args.seed is not None:
+        overrides["training.seed"] = args.seed
+    if args.device is not None:
+        overrides["training.device"] = overrides["inference.device"] = args.device
+    return read_config(args.config, overrides)
+
+
+def _ignored_seed_flags(args) -> None:
+    for name in _SEED_ONLY:
+        if name == "data_path" and args.command == "train":
+            continue  # train reads it: it overrides data.train_data_path
+        if getattr(args, name, None) is not None:
+            log.warning("--%s is used by --mode inference only; ignored", name)
+
+
+def _relaunch(args) -> int | None:
+    """``--devices N`` (N > 1) outside torchrun: start N processes of the same command."""
+    from scarkids.train import distributed
+
+    if args.devices is None or distributed.launched_by_torchrun():
+        return None
+    if args.devices < 1:
+        raise InputDataError(f"--devices {args.devices}: give 1 or more processes")
+    argv = list(args.argv)
+    for i, a in enumerate(argv):
+        if a == "--devices":
+            del argv[i : i + 2]
+            break
+        if a.startswith("--devices="):
+            del argv[i]
+            break
+    return distributed.launch(args.devices, argv)
+
+
+def _cmd_train(args) -> int:
+    from scarkids.cli.train import run_train
+
+    relaunched = _relaunch(args)
+    if relaunched is not None:
+        return relaunched
+    _ignored_seed_flags(args)
+    cfg = _config(args)
+    result = run_train(cfg, config_path=args.config, fresh=args.fresh)
+    log.info("Best model: %s | log: %s/training.log", result["output"], cfg["training"]["log_dir"])
+    return 0
+
+
+def _cmd_sequential(args) -> int:
+    from scarkids.cli.train import run_sequential
+
+    relaunched = _relaunch(args)
+    if relaunched is not None:
+        return relaunched
+    _ignored_seed_flags(args)
+    run_sequential(_config(args), config_path=args.config, fresh=args.fresh)
+    return 0
+
+
+def _cmd_infer(args) -> int:
+    from scarkids.cli.infer import run_inference
+
+    run_inference(
+        _config(args),
+        config_path=args.config,
+        checkpoint=args.checkpoint,
+        data_path=args.data_path,
+        output_dir=args.output_dir,
+    )
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from scarkids.cli.demo import run_demo
+
+    paths = run_demo(
+        args.output_dir,
+        n_cells=args.n_cells,
+        epochs=args.epochs,
+        seed=args.seed,
+        device=args.device,
+        fresh=args.fresh,
+    )
+    print("\nDemo outputs:")
+    for name, path in paths.items():
+        print(f"  {name:<10} {path}")
+    return 0
+
+
+def _cmd_simulate(args) -> int:
+    from scarkids.cli.common import write_h5ad
+    from scarkids.data.simulate import simulate
+
+    for name in ("n_cells", "n_genes", "n_batches", "n_cell_types"):
+        if getattr(args, name) < 1:
+            raise InputDataError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    adata = simulate(
+        args.n_cells,
+        args.n_genes,
+        n_batches=args.n_batches,
+        n_cell_types=args.n_cell_types,
+        batch_effect=args.batch_effect,
+        seed=args.seed,
+    )
+    path = write_h5ad(args.output, adata)
+    print(f"Wrote {path}: {adata.n_obs} cells x {adata.n_vars} genes, obs 'batch' and 'cell_type'")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from scarkids.data.preprocess import read_h5ad
+    from scarkids.metrics.scib import evaluate, write_evaluation
+
+    adata = read_h5ad(args.data)
+    key = args.embedding
+    if key.endswith(".npy"):
+        if not Path(key).exists():
+            raise InputDataError(f"{key}: embedding file not found")
+        emb = np.load(key)
+        if emb.ndim != 2 or emb.shape[0] != adata.n_obs:
+            raise InputDataError(
+                f"{key}: embedding has shape {emb.shape}, expected one row per cell of "
+                f"{args.data} ({adata.n_obs} cells)"
+            )
+        key = Path(key).stem
+        adata.obsm[key] = emb
+    elif key not in adata.obsm:
+        raise InputDataError(
+            f"--embedding {key!r}: neither a .npy file nor an obsm key of {args.data} "
+            f"(obsm keys: {', '.join(adata.obsm.keys()) or 'none'})"
+        )
+    try:
+        table = evaluate(
+            adata,
+            embedding_key=key,
+            batch_key=args.batch_key,
+            labels_key=args.labels_key,
+            prediction_key=args.prediction_key,
+            subsample=args.subsample,
+            seed=args.seed,
+        )
+    except ImportError as e:
+        raise MissingExtraError(str(e)) from None
+    written = write_evaluation(
+        table,
+        args.output_dir,
+        adata=adata,
+        embedding_key=key,
+        batch_key=args.batch_key,
+        labels_key=args.labels_key,
+        seed=args.seed,
+    )
+    print(table.T.to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"Wrote {', '.join(str(p) for p in written)}")
+    return 0

@@ -1,0 +1,273 @@
+"""``--mode inference``: embeddings, batch-corrected expression and cell-type predictions.
+
+Every input is checked before the first output is written (output folder writable,
+checkpoint readable, target batch known, data matching the model), and each output file is
+written to a temporary name and renamed, so a failed run leaves no partial files behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from scarkids.cli.common import check_writable_dir, require, versions, write_atomic, write_json
+from scarkids.config.load import config_hash
+from scarkids.constants import (  # noqa: F401 (the file names, re-exported)
+    BEST_CHECKPOINT,
+    EXPRESSION_FILE,
+    LATENT_FILE,
+    LATENT_KEY,
+    PREDICTIONS_FILE,
+    REFINED_KEY,
+    RUN_INFO_FILE,
+)
+from scarkids.data.h5ad import write_h5ad_file
+from scarkids.data.preprocess import check_columns, read_h5ad, restrict_genes, zero_count_cells
+from scarkids.errors import InputDataError
+
+log = logging.getLogger("scarkids.run")
+
+
+def run_inference(
+    cfg: dict,
+    *,
+    config_path: str,
+    checkpoint: str | None = None,
+    data_path: str | None = None,
+    output_dir: str | None = None,
+) -> dict[str, Any]:
+    """Run inference as configured; returns run_info (also written as ``run_info.json``).
+
+    Steps: open (checkpoint, data, output folder: every check before any output), compute
+    (embedding, optional refinement, predictions), write the outputs, write run_info."""
+    timer = _Timer()
+    run = _open(cfg, checkpoint, data_path, output_dir)
+    timer.lap("load")
+    outputs = _compute(cfg, run, timer)
+    written = _write_outputs(cfg, run, outputs, timer)
+    info = _run_info(cfg, config_path, run, outputs, written, timer.timings)
+    write_json(run.out_dir / RUN_INFO_FILE, info)
+    log.info("Wrote %s to %s", ", ".join(info["outputs"] + [RUN_INFO_FILE]), run.out_dir)
+    return info
+
+
+class _Timer:
+    """Seconds spent in each stage, for run_info.json."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+        self.clock = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = round(now - self.clock, 3)
+        self.clock = now
+
+
+@dataclass
+class _Run:
+    model: Any
+    adata: Any
+    checkpoint: Path
+    data_path: str
+    out_dir: Path
+    device: Any
+    target: str
+    target_index: int
+
+
+def _open(cfg, checkpoint, data_path, output_dir) -> _Run:
+    from scarkids.model.base import SCARKIDS
+    from scarkids.train.device import resolve_device
+
+    inf = cfg["inference"]
+    ckpt = Path(checkpoint or Path(cfg["training"]["checkpoint_dir"]) / BEST_CHECKPOINT)
+    path = data_path or require(cfg, "data.test_data_path", "for inference (or pass --data_path)")
+    out_dir = check_writable_dir(
+        output_dir or inf["output_dir"],
+        "the output directory (--output_dir / inference.output_dir)",
+    )
+    device = resolve_device(inf["device"])
+    model = SCARKIDS.load(ckpt, device=device)
+    target, target_index = _target_batch(model, inf["default_target_batch"])
+    log.info("scARKIDS inference | checkpoint %s (%r) | device %s", ckpt, model, device)
+    adata = _read_query(cfg, model, path)
+    log.info("Data: %s: %d cells | target batch %r", path, adata.n_obs, target)
+    return _Run(model, adata, ckpt, path, out_dir, device, target, target_index)
+
+
+def _compute(cfg, run: _Run, timer: _Timer) -> dict[str, Any]:
+    """The latent, the refined latent (or None) and the prediction table."""
+    inf, model, adata = cfg["inference"], run.model, run.adata
+    latent = model.get_latent_representation(adata, batch_size=inf["batch_size"])
+    timer.lap("embed")
+    refined = None
+    if inf["use_ddpm_refinement"]:
+        refined = model.refine_latent(
+            adata,
+            n_steps=inf["n_refinement_steps"],
+            seed=cfg["training"]["seed"],
+            batch_size=inf["batch_size"],
+            latent=latent,
+        )
+        timer.lap("refine")
+        log.info("Refined the latent with %d denoising steps", inf["n_refinement_steps"])
+    predictions = model.predict_with_uncertainty(
+        adata, confidence_threshold=inf["confidence_threshold"], latent=latent
+    )
+    predictions.index = adata.obs_names
+    timer.lap("predict")
+    return {"latent": latent, "refined": refined, "predictions": predictions}
+
+
+def _write_outputs(cfg, run: _Run, outputs: dict, timer: _Timer) -> list[Path]:
+    """The three result files (each written atomically), as the config asks."""
+    inf, model, out_dir = cfg["inference"], run.model, run.out_dir
+    latent, refined, predictions = outputs["latent"], outputs["refined"], outputs["predictions"]
+    written = []
+    embedding = refined if refined is not None else latent
+    if inf["save_latent_embeddings"]:
+        written.append(_write_npy(out_dir / LATENT_FILE, embedding.astype(np.float32)))
+    if inf["save_cell_type_predictions"]:
+        table = predictions[["predicted_label", "probability", "entropy", "top_label"]]
+        table = table.rename_axis("cell_id").reset_index()
+        written.append(
+            write_atomic(out_dir / PREDICTIONS_FILE, lambda tmp: table.to_csv(tmp, index=False))
+        )
+    if inf["save_corrected_expression"]:
+        chunks = model.iter_normalized_expression(
+            run.adata,
+            transform_batch=run.target_index,
+            library_size=inf["library_size"],
+            batch_size=min(inf["batch_size"], 1024),
+            latent=embedding,  # no second encoder pass
+        )
+        out = _expression_adata(run.adata, model, latent, refined, predictions)
+        out.uns["scarkids"] = {
+            "target_batch": run.target,
+            "target_batch_index": run.target_index,
+            "library_size": inf["library_size"],
+            "refined": refined is not None,
+            "checkpoint": str(run.checkpoint),
+            "version": versions()["scarkids"],
+        }
+        written.append(_write_expression_h5ad(out_dir / EXPRESSION_FILE, out, chunks))
+        timer.lap("expression")
+    return written
+
+
+def _run_info(cfg, config_path, run: _Run, outputs, written, timings) -> dict[str, Any]:
+    inf, refined = cfg["inference"], outputs["refined"]
+    return {
+        "checkpoint": str(run.checkpoint),
+        "checkpoint_config_hash": run.model.extra.get("config_hash"),
+        "config": str(config_path),
+        "config_hash": config_hash(cfg),
+        "seed": cfg["training"]["seed"],
+        "data": str(run.data_path),
+        "n_cells": int(run.adata.n_obs),
+        "n_genes": len(run.model.registry.gene_names),
+        "latent_dim": int(outputs["latent"].shape[1]),
+        "target_batch": run.target,
+        "target_batch_index": run.target_index,
+        "refinement": {
+            "used": refined is not None,
+            "n_steps": inf["n_refinement_steps"] if refined is not None else None,
+        },
+        "device": str(run.device),
+        "versions": versions(),
+        "timings_s": timings,
+        "outputs": [p.name for p in written],
+    }
+
+
+def _target_batch(model, value) -> tuple[str, int]:
+    """``inference.default_target_batch`` (index or name) as (name, index) of the model."""
+    known = model.registry.batch_categories
+    shown = ", ".join(map(repr, known[:10])) + (" ..." if len(known) > 10 else "")
+    if isinstance(value, int):
+        if not 0 <= value < len(known):
+            raise InputDataError(
+                f"inference.default_target_batch: index {value} is out of range; the model "
+                f"knows {len(known)} batches (0..{len(known) - 1}): {shown}"
+            )
+        return known[value], value
+    if value not in known:
+        raise InputDataError(
+            f"inference.default_target_batch: {value!r} is not a batch of the model; known: {shown}"
+        )
+    return value, known.index(value)
+
+
+def _read_query(cfg, model, path: str):
+    """The data file, restricted to the model's genes, set up and checked against the model."""
+    data, reg = cfg["data"], model.registry
+    adata = read_h5ad(path, what="data file")
+    batch_key = data["batch_key"]
+    if batch_key not in adata.obs.columns and reg.batch_key in adata.obs.columns:
+        batch_key = reg.batch_key  # the checkpoint's column, when the config names another
+    check_columns(adata, path, batch_key=batch_key, labels_key=None)
+    adata = restrict_genes(adata, reg.gene_names, path)
+    adata = zero_count_cells(
+        adata, path, layer=data["counts_layer"], mode=data["zero_count_cells"], drop=False
+    )
+    type(model).setup_anndata(
+        adata,
+        batch_key=batch_key,
+        labels_key=None,
+        layer=data["counts_layer"],
+        unlabeled_category=data["unlabeled_category"],
+    )
+    model.check_query(adata, source=str(path))  # unseen batches, gene overlap
+    return adata
+
+
+def _write_npy(path: Path, array: np.ndarray) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
+            np.save(f, array)
+
+    return write_atomic(path, write)
+
+
+def _write_expression_h5ad(path: Path, out, chunks) -> Path:
+    """``out`` (an AnnData without X) with X (cells x genes, float32) written chunk by chunk
+    from ``chunks`` (``(cell slice, array)`` pairs): memory holds one chunk, not the matrix."""
+    import h5py
+
+    shape = (out.n_obs, out.n_vars)
+
+    def write(tmp: str) -> None:
+        write_h5ad_file(out, tmp)
+        with h5py.File(tmp, "a") as f:
+            rows = max(1, min(shape[0], (1 << 20) // max(shape[1], 1)))  # ~4 MiB chunks
+            X = f.create_dataset("X", shape=shape, dtype="float32", chunks=(rows, shape[1]))
+            X.attrs["encoding-type"] = "array"
+            X.attrs["encoding-version"] = "0.2.0"
+            for sl, chunk in chunks:
+                X[sl] = chunk
+
+    return write_atomic(path, write)
+
+
+def _expression_adata(adata, model, latent, refined, predictions):
+    import anndata as ad
+
+    obs = adata.obs.copy()
+    obs["predicted_label"] = predictions["predicted_label"].astype(str).to_numpy()
+    obs["prediction_probability"] = predictions["probability"].to_numpy(dtype=np.float32)
+    obs["prediction_entropy"] = predictions["entropy"].to_numpy(dtype=np.float32)
+    out = ad.AnnData(
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index(model.registry.gene_names, name="gene")),
+    )
+    out.obsm[LATENT_KEY] = latent.astype(np.float32)
+    if refined is not None:
+        out.obsm[REFINED_KEY] = refined.astype(np.float32)
+    return out

@@ -1,0 +1,373 @@
+"""The model's outputs: latent codes, corrected expression, predictions, refinement.
+
+A mixin of :class:`scarkids.model.SCARKIDS`, kept apart so that each file stays readable;
+it uses the model's ``module``, ``registry``, ``device``, ``adata`` and ``_chunks``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from scarkids.constants import LABEL_OFFSET
+from scarkids.errors import InputDataError
+
+
+class ModelOutputs:
+    """Everything a trained model computes for an AnnData (see :class:`SCARKIDS`)."""
+
+    @torch.no_grad()
+    def get_latent_representation(
+        self,
+        adata=None,
+        *,
+        give_mean: bool = True,
+        batch_size: int = 4096,
+        key_added: str | None = None,
+    ) -> np.ndarray:
+        """Latent codes ``(n_cells, n_latent)`` float32: the encoder mean (or a sample).
+
+        Parameters
+        ----------
+        adata
+            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
+            the model's own batch key and layer are used). Its genes are matched to the
+            model's by name and its batches must be known to the model. ``None`` uses the
+            AnnData the model was created or loaded with.
+        give_mean
+            Return the mean of ``q(z0 | x)``; ``False`` draws one sample from it instead
+            (with torch's global random number generator).
+        batch_size
+            Cells encoded at a time.
+        key_added
+            When given, the codes are also stored in ``adata.obsm[key_added]`` (of the model's
+            AnnData when ``adata`` is ``None``); ``None`` stores nothing.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_cells, n_latent)`` float32, one row per cell of ``adata`` in its order.
+        """
+        self.module.eval()
+        out = []
+        for _, x, b in self._chunks(adata, batch_size):
+            inf = self.module.inference(x, b, sample=not give_mean)
+            out.append(inf["z"].float().cpu().numpy())
+        z = np.concatenate(out, 0)
+        if key_added is not None:
+            (self.adata if adata is None else adata).obsm[key_added] = z
+        return z
+
+    def _batch_indices(self, transform_batch) -> list[int] | None:
+        if transform_batch is None:
+            return None
+        items = transform_batch if isinstance(transform_batch, (list, tuple)) else [transform_batch]
+        out = []
+        for item in items:
+            if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                if not 0 <= item < len(self.registry.batch_categories):
+                    raise InputDataError(
+                        f"target batch index {item} is out of range: the model knows "
+                        f"{len(self.registry.batch_categories)} batches (0..{len(self.registry.batch_categories) - 1})"
+                    )
+                out.append(int(item))
+            elif str(item) in self.registry.batch_categories:
+                out.append(self.registry.batch_categories.index(str(item)))
+            else:
+                raise InputDataError(
+                    f"target batch {item!r} is not a batch of the model; known: "
+                    f"{', '.join(map(repr, self.registry.batch_categories[:10]))}"
+                )
+        return out
+
+    @torch.no_grad()
+    def iter_normalized_expression(
+        self,
+        adata=None,
+        *,
+        transform_batch: int | str | Sequence[int | str] | None = None,
+        library_size: float = 1e4,
+        batch_size: int = 1024,
+        latent: np.ndarray | None = None,
+    ) -> Iterator[tuple[slice, np.ndarray]]:
+        """Yield ``(cell slice, float32 chunk)`` of :meth:`get_normalized_expression`.
+
+        Parameters
+        ----------
+        adata
+            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
+            the model's own batch key and layer are used). Its genes are matched to the
+            model's by name and its batches must be known to the model. ``None`` uses the
+            AnnData the model was created or loaded with.
+        transform_batch
+            ``None`` decodes each cell with its own batch; a batch name or index decodes every
+            cell as if measured in that batch; a list averages over those batches.
+        library_size
+            Total the decoded expression of each cell sums to.
+        batch_size
+            Cells per chunk.
+        latent
+            ``(n_cells, n_latent)`` float32 codes to decode instead of the encoder means, for
+            example from :meth:`get_latent_representation`; the counts are then not read,
+            only the batches. ``None`` encodes the cells.
+
+        Yields
+        ------
+        tuple of (slice, numpy.ndarray)
+            The chunk's rows of ``adata`` and their ``(n_chunk_cells, n_genes)`` float32
+            expression, genes in the model's order.
+        """
+        targets = self._batch_indices(transform_batch)
+        self.module.eval()
+        # with a latent given only the batch codes are needed, not the counts
+        for sl, x, b in self._chunks(adata, batch_size, counts=latent is None):
+            z = (
+                torch.as_tensor(latent[sl], device=self.device)
+                if latent is not None
+                else self.module.inference(x, b, sample=False)["z"]
+            )
+            if targets is None:
+                rho = self.module.generative(z, b, None)["log_rho"].exp()
+            else:
+                rho = torch.zeros((z.shape[0], len(self.registry.gene_names)), device=z.device)
+                for t in targets:
+                    bt = torch.full_like(b, t)
+                    rho += self.module.generative(z, bt, None)["log_rho"].exp()
+                rho /= len(targets)
+            yield sl, (rho * library_size).float().cpu().numpy()
+
+    def get_normalized_expression(
+        self,
+        adata=None,
+        *,
+        transform_batch: int | str | Sequence[int | str] | None = None,
+        library_size: float = 1e4,
+        batch_size: int = 1024,
+        return_numpy: bool = False,
+    ) -> pd.DataFrame | np.ndarray:
+        """Decoded expression ``library_size * rho(z0, b)``, cells x genes (float32).
+
+        The latent is the encoder mean.
+
+        Parameters
+        ----------
+        adata
+            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
+            the model's own batch key and layer are used). Its genes are matched to the
+            model's by name and its batches must be known to the model. ``None`` uses the
+            AnnData the model was created or loaded with.
+        transform_batch
+            ``None`` decodes each cell with its own batch; a batch name or index decodes every
+            cell as if measured in that batch (batch correction); a list averages over those
+            batches. An unknown name or an index out of range raises
+            :class:`~scarkids.errors.InputDataError`.
+        library_size
+            Total the decoded expression of each cell sums to (``rho`` sums to 1 per cell).
+        batch_size
+            Cells decoded at a time.
+        return_numpy
+            Return a plain array instead of a DataFrame.
+
+        Returns
+        -------
+        pandas.DataFrame or numpy.ndarray
+            ``(n_cells, n_genes)`` float32; the DataFrame has ``adata.obs_names`` as index and
+            the model's gene names as columns.
+        """
+        adata_ = self.adata if adata is None else adata
+        out = np.empty((adata_.n_obs, len(self.registry.gene_names)), dtype=np.float32)
+        for sl, chunk in self.iter_normalized_expression(
+            adata_,
+            transform_batch=transform_batch,
+            library_size=library_size,
+            batch_size=batch_size,
+        ):
+            out[sl] = chunk
+        if return_numpy:
+            return out
+        return pd.DataFrame(out, index=adata_.obs_names, columns=self.registry.gene_names)
+
+    @torch.no_grad()
+    def _label_probs(
+        self,
+        adata=None,
+        batch_size: int = 4096,
+        latent: np.ndarray | None = None,
+        in_use_only: bool = True,
+    ) -> np.ndarray:
+        self.module.eval()
+        if latent is None:
+            latent = self.get_latent_representation(adata, batch_size=batch_size)
+        z = torch.as_tensor(latent, device=self.device)
+        probs = self.module.label_log_probs(z).exp()
+        if in_use_only and self.registry.labels_are_clusters:  # only the clusters in use
+            probs = probs[:, self.module.labels_in_use()]
+            probs = probs / probs.sum(1, keepdim=True)
+        return probs.cpu().numpy()
+
+    @property
+    def label_names(self) -> list[str]:
+        """Names of the labels that predictions use.
+
+        The cell types, or for an unsupervised model the clusters in use (clusters whose
+        mixing proportion fell below 0.1% are switched off)."""
+        names = self.registry.label_categories
+        if not self.registry.labels_are_clusters:
+            return list(names)
+        used = self.module.labels_in_use().cpu().numpy()
+        return [n for n, u in zip(names, used, strict=True) if u]
+
+    def predict(
+        self, adata=None, *, soft: bool = False, batch_size: int = 4096
+    ) -> np.ndarray | pd.DataFrame:
+        """Cell-type predictions: names ``(n_cells,)``, or with ``soft`` a DataFrame of
+        probabilities (cells x cell types).
+
+        The labels are :attr:`label_names`: the cell types, or for an unsupervised model the
+        clusters in use (probabilities renormalised over those).
+
+        Parameters
+        ----------
+        adata
+            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
+            the model's own batch key and layer are used). Its genes are matched to the
+            model's by name and its batches must be known to the model. ``None`` uses the
+            AnnData the model was created or loaded with.
+        soft
+            Return the probabilities ``q(c | z0)`` instead of the most probable label.
+        batch_size
+            Cells encoded at a time.
+
+        Returns
+        -------
+        numpy.ndarray or pandas.DataFrame
+            Without ``soft``, ``(n_cells,)`` label names (object dtype); with it, a
+            ``(n_cells, n_labels)`` DataFrame indexed by ``adata.obs_names`` with one column
+            per label.
+        """
+        adata_ = self.adata if adata is None else adata
+        probs = self._label_probs(adata_, batch_size)
+        names = np.asarray(self.label_names, dtype=object)
+        if soft:
+            return pd.DataFrame(probs, index=adata_.obs_names, columns=list(names))
+        return names[probs.argmax(1)]
+
+    def predict_with_uncertainty(
+        self,
+        adata=None,
+        *,
+        confidence_threshold: float = 0.5,
+        unknown_label: str = "unknown",
+        latent: np.ndarray | None = None,
+    ) -> pd.DataFrame:
+        """Per cell: ``predicted_label`` (``unknown_label`` when the top probability is below
+        ``confidence_threshold``), ``top_label``, ``probability`` and ``entropy`` (nats).
+
+        Parameters
+        ----------
+        adata
+            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
+            the model's own batch key and layer are used). Its genes are matched to the
+            model's by name and its batches must be known to the model. ``None`` uses the
+            AnnData the model was created or loaded with.
+        confidence_threshold
+            Smallest top probability for which ``predicted_label`` is the top label.
+        unknown_label
+            ``predicted_label`` of the cells below ``confidence_threshold``.
+        latent
+            ``(n_cells, n_latent)`` codes from :meth:`get_latent_representation`, which saves
+            encoding the cells again; ``None`` encodes them (4096 cells at a time).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by ``adata.obs_names``, with columns ``predicted_label``, ``top_label``,
+            ``probability`` (of the top label) and ``entropy`` (of ``q(c | z0)``, nats).
+        """
+        adata_ = self.adata if adata is None else adata
+        probs = self._label_probs(adata_, latent=latent)
+        names = np.asarray(self.label_names, dtype=object)
+        top = probs.argmax(1)
+        p = probs[np.arange(len(top)), top]
+        entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(1)
+        return pd.DataFrame(
+            {
+                "predicted_label": np.where(p >= confidence_threshold, names[top], unknown_label),
+                "top_label": names[top],
+                "probability": p,
+                "entropy": entropy,
+            },
+            index=adata_.obs_names,
+        )
+
+    @torch.no_grad()
+    def refine_latent(
+        self,
+        adata=None,
+        *,
+        n_steps: int = 100,
+        labels: np.ndarray | Sequence[str] | None = None,
+        seed: int = 0,
+        batch_size: int = 4096,
+        latent: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """DDPM (SDEdit) refinement: noise each encoder mean to step ``n_steps`` and denoise
+        with ``p_psi(z | c)``, c = the given labels (names) or the predicted ones.
+        ``latent`` (from :meth:`get_latent_representation`) saves encoding the cells again.
+
+        Parameters
+        ----------
+        adata
+            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
+            the model's own batch key and layer are used). Its genes are matched to the
+            model's by name and its batches must be known to the model. ``None`` uses the
+            AnnData the model was created or loaded with.
+        n_steps
+            Diffusion step the codes are noised to, from 1 to the model's number of
+            diffusion steps (otherwise :class:`~scarkids.errors.InputDataError`); more steps
+            move the codes further towards the prior of their label.
+        labels
+            One label name per cell to condition on; a name the model does not know raises
+            :class:`~scarkids.errors.InputDataError`. ``None`` uses the most probable label of
+            ``q(c | z0)`` over all the model's labels.
+        seed
+            Seed of the noise (a :class:`torch.Generator` on the model's device).
+        batch_size
+            Cells encoded and refined at a time.
+        latent
+            ``(n_cells, n_latent)`` float32 codes from :meth:`get_latent_representation`;
+            ``adata`` is then not read. ``None`` encodes the cells of ``adata``.
+
+        Returns
+        -------
+        numpy.ndarray
+            The refined codes, ``(n_cells, n_latent)`` float32.
+        """
+        if not 1 <= n_steps <= self.module.prior.n_steps:
+            raise InputDataError(
+                f"n_refinement_steps must be between 1 and n_diffusion_steps ({self.module.prior.n_steps}), got {n_steps}"
+            )
+        z = (
+            self.get_latent_representation(adata, batch_size=batch_size)
+            if latent is None
+            else latent
+        )
+        if labels is None:
+            codes = self._label_probs(latent=z, in_use_only=False).argmax(1)
+        else:
+            names = np.asarray(labels).astype(str)
+            codes = pd.Index(self.registry.label_categories).get_indexer(names)
+            if (codes < 0).any():
+                raise InputDataError("refine_latent: labels contain names the model does not know")
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        out = []
+        for start in range(0, z.shape[0], batch_size):
+            zt = torch.as_tensor(z[start : start + batch_size], device=self.device)
+            lab = torch.as_tensor(
+                codes[start : start + batch_size] + LABEL_OFFSET, device=self.device
+            )
+            out.append(self.module.prior.refine(zt, lab, n_steps, generator=gen).cpu().numpy())
+        return np.concatenate(out, 0).astype(np.float32)

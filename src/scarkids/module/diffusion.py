@@ -1,0 +1,474 @@
+"""A denoising diffusion (DDPM) prior over the latent space, conditioned on cell type.
+
+Notation (Ho et al. 2020): steps t = 1..T, ``alpha_t = 1 - beta_t``, ``abar_t = prod alpha``.
+Forward: ``q(z_t | z_0) = N(sqrt(abar_t) z_0, (1 - abar_t) I)``. Reverse:
+``p(z_{t-1} | z_t, c) = N(mu_psi(z_t, t, c), beta_t I)`` with the epsilon parameterisation.
+The reverse variance ``beta_t`` (Ho et al.'s "large" choice) is the exact reverse variance when
+the codes are N(0, I), which the VAE's latent approximately is, so the bound below is nearly
+tight there (with ``beta~_t`` it would stay ~0.2 nats per dimension loose for any T).
+
+The variational bound on ``-log p(z_0 | c)`` (nats, per cell) is
+
+    KL(q(z_T|z_0) || N(0, I))                                  closed form
+  + sum_{t>=2} KL(q(z_{t-1}|z_t,z_0) || p(z_{t-1}|z_t,c))
+        = w_t ||eps - eps_psi||^2 + d/2 (r_t - 1 - log r_t),   r_t = beta~_t / beta_t
+  - log p(z_0 | z_1, c) = w_1 ||eps - eps_psi||^2 + d/2 log(2 pi beta_1)
+
+with ``w_t = beta_t / (2 alpha_t (1 - abar_t))`` (at most 1 / (2 alpha_1) ~ 0.5 for every schedule here). The
+sum of the eps terms is estimated without bias from one t per cell (uniform, or importance
+sampled with p(t) proportional to w_t); the constants are added exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+BetaSchedule = Literal["linear", "cosine", "quadratic"]
+
+#: Cosine betas are clipped here, not at 0.999 as often done: a last beta near 1 makes the
+#: reverse step scale the noise-prediction error by 1/sqrt(alpha) ~ 30.
+COSINE_MAX_BETA = 0.5
+
+
+def make_beta_schedule(
+    kind: BetaSchedule, n_steps: int, beta_min: float = 1e-4, beta_max: float = 0.02
+) -> torch.Tensor:
+    """Return ``beta_1..beta_T`` as a float64 tensor of shape ``(n_steps,)``."""
+    if kind == "linear":
+        betas = torch.linspace(beta_min, beta_max, n_steps, dtype=torch.float64)
+    elif kind == "quadratic":
+        betas = torch.linspace(beta_min**0.5, beta_max**0.5, n_steps, dtype=torch.float64) ** 2
+    elif kind == "cosine":
+        s = 0.008
+        steps = torch.arange(n_steps + 1, dtype=torch.float64) / n_steps
+        abar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+        betas = (1 - abar[1:] / abar[:-1]).clamp(min=1e-8, max=COSINE_MAX_BETA)
+    else:
+        raise ValueError(f"unknown beta schedule {kind!r}")
+    return betas
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of integer steps ``t`` (shape ``(n,)``) -> ``(n, dim)``."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(10_000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+    )
+    angles = t.float()[:, None] * freqs[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class NoisePredictor(nn.Module):
+    """``eps_psi(z_t, t, c)``: an MLP with additive step and label embeddings.
+
+    Label index 0 is the null label ("unconditional"); cell type k uses index k + 1, so that
+    new cell types are appended without moving existing rows.
+    """
+
+    def __init__(
+        self,
+        n_latent: int,
+        n_labels: int,
+        *,
+        hidden_dim: int = 128,
+        n_layers: int = 2,
+        timestep_embed_dim: int = 64,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.timestep_embed_dim = timestep_embed_dim
+        self.input = nn.Linear(n_latent, hidden_dim)
+        self.time = nn.Sequential(
+            nn.Linear(timestep_embed_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim)
+        )
+        self.label = nn.Embedding(n_labels + 1, hidden_dim)
+        nn.init.normal_(self.label.weight, std=0.02)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.LayerNorm(hidden_dim),
+                nn.SiLU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden_dim, hidden_dim),
+            )
+            for _ in range(n_layers)
+        )
+        self.output = nn.Sequential(
+            nn.LayerNorm(hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, n_latent)
+        )
+        nn.init.zeros_(self.output[-1].weight)
+        nn.init.zeros_(self.output[-1].bias)
+
+    @property
+    def n_labels(self) -> int:
+        return self.label.num_embeddings - 1
+
+    def forward(
+        self,
+        z_t: torch.Tensor,
+        t: torch.Tensor,
+        label_index: torch.Tensor,
+        *,
+        every_label: bool = False,
+    ) -> torch.Tensor:
+        """``z_t`` (n, d), ``t`` (n,) in 1..T, ``label_index`` (n,) with 0 = null -> (n, d).
+
+        With ``every_label``, ``label_index`` is ``(C,)`` and each row is scored against
+        every one of those labels: the result is ``(n, C, d)``; the label-free part of the
+        network runs once per row instead of once per (row, label).
+        """
+        h = self.input(z_t) + self.time(timestep_embedding(t, self.timestep_embed_dim))
+        if every_label:
+            h = (h[:, None, :] + self.label(label_index)[None, :, :]).flatten(0, 1)
+        else:
+            h = h + self.label(label_index)
+        for block in self.blocks:
+            h = h + block(h)
+        out = self.output(h)
+        return out.view(z_t.shape[0], -1, out.shape[-1]) if every_label else out
+
+
+class DiffusionPrior(nn.Module):
+    """``p_psi(z_0 | c)``: the latent DDPM prior, its variational bound, and its sampler.
+
+    Label index 0 of the noise network is the null label; cell type k is index k + 1.
+
+    Parameters
+    ----------
+    n_latent
+        Latent dimension d.
+    n_labels
+        Number of cell types (the noise network has one more label, the null label).
+    n_steps
+        Number of diffusion steps T.
+    beta_schedule
+        ``"linear"``, ``"quadratic"`` or ``"cosine"`` (see :func:`make_beta_schedule`).
+    beta_min, beta_max
+        First and last ``beta_t`` of the linear and quadratic schedules (unused by
+        ``"cosine"``).
+    hidden_dim
+        Width of the noise network ``eps_psi``.
+    n_layers
+        Number of residual blocks of the noise network.
+    timestep_embed_dim
+        Size of the sinusoidal step embedding (even).
+    dropout
+        Dropout rate in the noise network's blocks.
+    """
+
+    def __init__(
+        self,
+        n_latent: int,
+        n_labels: int,
+        *,
+        n_steps: int = 400,
+        beta_schedule: BetaSchedule = "linear",
+        beta_min: float = 1e-4,
+        beta_max: float = 0.02,
+        hidden_dim: int = 128,
+        n_layers: int = 2,
+        timestep_embed_dim: int = 64,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.n_latent = n_latent
+        self.n_steps = n_steps
+        self.net = NoisePredictor(
+            n_latent,
+            n_labels,
+            hidden_dim=hidden_dim,
+            n_layers=n_layers,
+            timestep_embed_dim=timestep_embed_dim,
+            dropout=dropout,
+        )
+        betas = make_beta_schedule(beta_schedule, n_steps, beta_min, beta_max)
+        alphas = 1.0 - betas
+        abar = torch.cumprod(alphas, 0)
+        abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        weights = betas / (2 * alphas * (1 - abar))
+        ratio = ((1 - abar_prev) / (1 - abar))[1:]  # beta~_t / beta_t for t >= 2
+        # index 0 of every buffer is step t = 1
+        for name, value in {
+            "betas": betas,
+            "alphas": alphas,
+            "abar": abar,
+            "vlb_weight": weights,
+        }.items():
+            self.register_buffer(name, value.float(), persistent=False)
+        self.t1_constant = 0.5 * n_latent * math.log(2 * math.pi * float(betas[0]))
+        self.variance_constant = float(0.5 * n_latent * (ratio - 1 - ratio.log()).sum())
+        self.terminal_abar = float(abar[-1])
+
+    @property
+    def n_labels(self) -> int:
+        return self.net.n_labels
+
+    # ------------------------------------------------------------------ bound
+    def sample_steps(
+        self, n: int, *, importance: bool = False, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw steps ``t`` (n,) in 1..T and the estimator weight ``w_t / p(t)`` (n,).
+
+        Parameters
+        ----------
+        n
+            Number of steps to draw.
+        importance
+            Draw ``t`` with ``p(t)`` proportional to ``w_t``; ``False``: uniformly.
+        generator
+            Random number generator (on the buffers' device); ``None`` uses torch's global
+            one.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            ``t`` (``(n,)`` int64, in 1..T) and ``w_t / p(t)`` (``(n,)`` float32).
+        """
+        device = self.betas.device
+        if importance:
+            p = self.vlb_weight / self.vlb_weight.sum()
+            idx = torch.multinomial(p, n, replacement=True, generator=generator)
+            scale = self.vlb_weight[idx] / p[idx]
+        else:
+            idx = torch.randint(0, self.n_steps, (n,), device=device, generator=generator)
+            scale = self.vlb_weight[idx] * self.n_steps
+        return idx + 1, scale
+
+    def diffuse(self, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Sample ``z_t ~ q(z_t | z_0)`` given the noise ``eps``.
+
+        Parameters
+        ----------
+        z0
+            ``(n, d)`` codes.
+        t
+            ``(n,)`` int64 steps in 1..T.
+        eps
+            ``(n, d)`` standard normal noise.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n, d)``: ``sqrt(abar_t) z0 + sqrt(1 - abar_t) eps``.
+        """
+        abar = self.abar[t - 1][:, None]
+        return abar.sqrt() * z0 + (1 - abar).sqrt() * eps
+
+    def terminal_kl(self, z0: torch.Tensor) -> torch.Tensor:
+        """``KL(q(z_T | z_0) || N(0, I))`` per row, closed form. Shape ``(n,)``.
+
+        Parameters
+        ----------
+        z0
+            ``(n, d)`` codes (or any shape whose last axis is d).
+
+        Returns
+        -------
+        torch.Tensor
+            The KL in nats, summed over the last axis: ``(n,)``.
+        """
+        a = self.terminal_abar
+        return 0.5 * (a * z0.pow(2) - a - math.log1p(-a)).sum(-1)
+
+    def negative_bound(
+        self,
+        z0: torch.Tensor,
+        label_index: torch.Tensor,
+        t: torch.Tensor,
+        scale: torch.Tensor,
+        eps: torch.Tensor,
+        *,
+        detach_net: bool = False,
+        every_label: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Unbiased one-sample estimate of the negative diffusion bound on ``-log p(z_0 | c)``.
+
+        Parameters
+        ----------
+        z0
+            Latent codes, ``(n, d)``. Rows may repeat a cell for several labels.
+        label_index
+            ``(n,)`` noise-net label indices (0 = null, k + 1 = cell type k).
+        t, scale
+            From :meth:`sample_steps` (``(n,)`` each).
+        eps
+            Standard normal noise, ``(n, d)``.
+        detach_net
+            Evaluate the noise net with its parameters detached, so the gradient of the
+            bound reaches ``z0`` (the encoder) but not the prior.
+        every_label
+            ``label_index`` is ``(C,)``: score every cell against each of these labels with
+            the same ``(t, eps)``; the outputs are then ``(n, C)``.
+
+        Returns
+        -------
+        dict with ``nll`` (the bound, ``(n,)``), ``diffusion_kl`` (the T-scaled t >= 2 and
+        terminal KL part, ``(n,)``) and ``eps_error`` (``(n,)``, squared error).
+        """
+        z_t = self.diffuse(z0, t, eps)
+        kwargs = {"every_label": every_label}
+        if detach_net:
+            params = {k: v.detach() for k, v in self.net.named_parameters()}
+            eps_hat = torch.func.functional_call(self.net, params, (z_t, t, label_index), kwargs)
+        else:
+            eps_hat = self.net(z_t, t, label_index, **kwargs)
+        if every_label:  # (n, C, d) against (n, 1, d): per (cell, label)
+            eps, t, scale = eps[:, None, :], t[:, None], scale[:, None]
+            z0 = z0[:, None, :]
+        err = (eps - eps_hat).pow(2).sum(-1)
+        chain = scale * err
+        terminal = self.terminal_kl(z0)
+        is_t1 = (t == 1).to(chain.dtype)
+        nll = chain + terminal + self.t1_constant + self.variance_constant
+        diffusion_kl = chain * (1 - is_t1) + terminal + self.variance_constant
+        return {"nll": nll, "diffusion_kl": diffusion_kl, "eps_error": err}
+
+    def simple_loss(
+        self,
+        z0: torch.Tensor,
+        label_index: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Ho et al.'s unweighted ``||eps - eps_psi||^2`` per row, for training the noise net.
+
+        One step ``t`` per row is drawn uniformly, and fresh noise.
+
+        Parameters
+        ----------
+        z0
+            ``(n, d)`` codes (detach them to train the noise network only).
+        label_index
+            ``(n,)`` noise-network label indices (0 = null, k + 1 = cell type k).
+        generator
+            Random number generator (on the buffers' device); ``None`` uses torch's global
+            one.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n,)`` squared errors, summed over the latent dimensions.
+        """
+        t, _ = self.sample_steps(z0.shape[0], generator=generator)
+        eps = torch.randn(z0.shape, device=z0.device, generator=generator, dtype=z0.dtype)
+        eps_hat = self.net(self.diffuse(z0, t, eps), t, label_index)
+        return (eps - eps_hat).pow(2).sum(-1)
+
+    # --------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def denoise(
+        self,
+        z_start: torch.Tensor,
+        label_index: torch.Tensor,
+        start_step: int,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Run the reverse chain from ``z_{start_step}`` down to ``z_0``. No host sync per step.
+
+        The noise added at step t has variance ``beta_t``; the last step returns the mean.
+
+        Parameters
+        ----------
+        z_start
+            ``(n, d)`` codes at step ``start_step``.
+        label_index
+            ``(n,)`` noise-network label indices to condition on (0 = null, k + 1 = cell
+            type k).
+        start_step
+            Step of ``z_start``, in 1..T.
+        generator
+            Random number generator of the added noise (on the device of ``z_start``);
+            ``None`` uses torch's global one.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n, d)`` codes ``z_0``.
+        """
+        z = z_start
+        n = z.shape[0]
+        for step in range(start_step, 0, -1):
+            t = torch.full((n,), step, device=z.device, dtype=torch.long)
+            eps_hat = self.net(z, t, label_index)
+            i = step - 1
+            mean = (z - self.betas[i] / (1 - self.abar[i]).sqrt() * eps_hat) / self.alphas[i].sqrt()
+            if step > 1:
+                noise = torch.randn(z.shape, device=z.device, generator=generator, dtype=z.dtype)
+                z = mean + self.betas[i].sqrt() * noise
+            else:
+                z = mean
+        return z
+
+    @torch.no_grad()
+    def refine(
+        self,
+        z0: torch.Tensor,
+        label_index: torch.Tensor,
+        n_steps: int,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """SDEdit: noise ``z0`` to step ``n_steps`` with q, then denoise with ``p_psi(z | c)``.
+
+        Parameters
+        ----------
+        z0
+            ``(n, d)`` codes to refine.
+        label_index
+            ``(n,)`` noise-network label indices c (0 = null, k + 1 = cell type k).
+        n_steps
+            Step the codes are noised to, in 1..T.
+        generator
+            Random number generator of the noise (on the device of ``z0``); ``None`` uses
+            torch's global one.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n, d)`` refined codes.
+        """
+        t = torch.full((z0.shape[0],), n_steps, device=z0.device, dtype=torch.long)
+        eps = torch.randn(z0.shape, device=z0.device, generator=generator, dtype=z0.dtype)
+        return self.denoise(self.diffuse(z0, t, eps), label_index, n_steps, generator=generator)
+
+    @torch.no_grad()
+    def sample(
+        self, label_index: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Draw ``z_0 ~ p_psi(z_0 | c)`` for each label in ``label_index`` (n,).
+
+        The chain starts from ``N(0, I)`` at step T.
+
+        Parameters
+        ----------
+        label_index
+            ``(n,)`` noise-network label indices (0 = null, k + 1 = cell type k).
+        generator
+            Random number generator (on the device of ``label_index``); ``None`` uses
+            torch's global one.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n, d)`` float32 codes, on the device of ``label_index``.
+        """
+        z = torch.randn(
+            (label_index.shape[0], self.n_latent), device=label_index.device, generator=generator
+        )
+        return self.denoise(z, label_index, self.n_steps, generator=generator)
+
+
+def extend_embedding(embedding: nn.Embedding, n_new: int) -> nn.Embedding:
+    """Return a copy of ``embedding`` with ``n_new`` freshly initialised rows appended."""
+    old = embedding.weight.data
+    new = nn.Embedding(old.shape[0] + n_new, old.shape[1]).to(old.device, old.dtype)
+    nn.init.normal_(new.weight, std=0.02)
+    new.weight.data[: old.shape[0]] = old
+    return new
+
+
+__all__ = ["DiffusionPrior", "NoisePredictor", "make_beta_schedule", "extend_embedding"]

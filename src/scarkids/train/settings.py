@@ -1,0 +1,143 @@
+"""The training settings and their defaults, in plain Python (no torch: the config schema
+and the command line's ``--help`` read them without loading torch)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+def default_learning_rate(batch_size: int) -> float:
+    """AdamW learning rate when none is given: 1e-3 at batch 128, scaled by
+    ``sqrt(batch_size / 128)`` (larger GPU batches take fewer, less noisy steps; on kang at
+    batch 1024 the scaled rate reaches scVI's quality and 1e-3 does not:
+    benchmarks/batch_size_quality.py)."""
+    return 1e-3 * math.sqrt(batch_size / 128)
+
+
+#: cell passes of the automatic epoch budget (:func:`default_max_epochs`)
+CELL_PASSES = 5e5
+
+
+def default_max_epochs(n_cells: int) -> int:
+    """Epochs when none are given: about 5e5 cell-passes (~4k steps of 128), 20 to 400."""
+    return int(min(max(round(CELL_PASSES / max(n_cells, 1)), 20), 400))
+
+
+@dataclass
+class TrainingSettings:
+    """The training loop's knobs and their defaults: the one source of the training
+    defaults, read by :meth:`scarkids.SCARKIDS.train`, the config schema
+    (``training.*``) and so the command line.
+
+    Parameters
+    ----------
+    max_epochs
+        Epochs to train (counting those of a resumed run).
+    batch_size
+        Cells per optimisation step (in a distributed run, shared by the processes).
+    learning_rate
+        AdamW learning rate, before warm-up and schedule (see :func:`default_learning_rate`
+        for the batch-scaled default of :meth:`scarkids.SCARKIDS.train`).
+    weight_decay
+        AdamW (decoupled) weight decay; not applied to parameters with gradient masks (the
+        frozen rows of a later session's per-batch parameters).
+    grad_clip_norm
+        Largest norm of the gradient of all trained parameters; ``None``: no clipping.
+    mixed_precision
+        The genes-wide layers in bfloat16 while training (see
+        :func:`scarkids.nn.wide_linear`).
+    kl_warmup_epochs
+        Epochs over which the weight of the KL term rises linearly to 1
+        (``(epoch + 1) / kl_warmup_epochs``); 0: full weight from the start.
+    lr_warmup_epochs
+        Epochs over which the learning rate rises linearly to ``learning_rate``; 0: none.
+    lr_scheduler
+        Learning rate after the warm-up: ``"cosine"`` (decays towards 1% of the rate by the
+        last epoch), ``"step"`` (times 0.1 after each third of the remaining epochs); any
+        other value, ``None`` included, keeps it constant.
+    classification_weight
+        Weight of the classification loss ``-log q(c_obs | z0)`` of labelled cells.
+    early_stopping
+        Stop when the validation loss (the training loss without validation cells) has not
+        improved for ``early_stopping_patience`` epochs, and end with the best epoch's
+        weights. Off by default: integration keeps improving after the validation ELBO has
+        turned (on panc8, 400 epochs: scIB total 0.844 for the last epoch vs 0.706 for the
+        best-ELBO one), so the last epoch's weights are kept.
+    early_stopping_patience
+        Epochs without improvement before stopping; training stops only once the KL warm-up
+        (and, unsupervised, the cluster pre-training) is over.
+    nan_retries
+        When an epoch's loss is not finite, training restarts from the best epoch's weights
+        with half the learning rate, at most this many times; then it raises
+        :class:`~scarkids.errors.TrainingError`.
+    cluster_init_epoch
+        Unsupervised only: after this many epochs the latent means are clustered with
+        k-means and, for ``cluster_pretrain_epochs`` epochs, those clusters act as labels, so
+        that ``q(c | z0)`` and ``p(z0 | c)`` agree on a partition before c is treated as
+        latent again (otherwise ``q(c | z0)`` tends to stay uniform). ``"auto"``: once the
+        latent has had about 600 optimisation steps, at least 3 epochs and at most a quarter
+        of ``max_epochs``. ``None`` disables it.
+    cluster_pretrain_epochs
+        Epochs for which each clustering acts as the labels.
+    cluster_refresh
+        Unsupervised only: cluster the latent again at this fraction of ``max_epochs`` (the
+        latent is organised by then; see ``scarkids.train.loop._epoch_labels``), provided
+        the first clustering's pre-training is over by then; ``None``: never.
+    cluster_hold
+        Keep the refreshed clusters as the labels until the end of training.
+    learn_cluster_prior
+        Unsupervised only, once the clusters are initialised: re-estimate the mixing
+        proportion pi every epoch from the clusters' mass (an EM step); a cluster holding
+        less than ``min_cluster_fraction`` of the cells is switched off, so ``n_labels`` is
+        a maximum and surplus clusters stay empty.
+    min_cluster_fraction
+        Share of the cells below which a cluster is switched off (see
+        ``learn_cluster_prior``).
+    seed
+        Seed of the clusterings and, in a distributed run, of the shared shuffling and each
+        process's noise; :meth:`scarkids.SCARKIDS.train` also seeds torch and the validation
+        split with it.
+    progress_bar
+        Show a progress bar of the epochs (on rank 0 only).
+    name
+        Name shown in the progress bar, log lines and error messages.
+    """
+
+    max_epochs: int = 100
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-6
+    grad_clip_norm: float | None = 10.0
+    #: the genes-wide layers in bfloat16 while training (see scarkids.nn.wide_linear)
+    mixed_precision: bool = False
+    kl_warmup_epochs: int = 0
+    lr_warmup_epochs: int = 0
+    lr_scheduler: str | None = None
+    classification_weight: float = 50.0
+    #: off by default: integration keeps improving after the validation ELBO has turned (on
+    #: panc8, 400 epochs: scIB total 0.844 for the last epoch vs 0.706 for the best-ELBO one)
+    early_stopping: bool = False
+    early_stopping_patience: int = 20
+    nan_retries: int = 2
+    #: unsupervised only: after this many epochs the latent means are clustered with
+    #: k-means and, for ``cluster_pretrain_epochs`` epochs, those clusters act as labels, so
+    #: that q(c|z0) and p(z0|c) agree on a partition before c is treated as latent again
+    #: (otherwise q(c|z0) tends to stay uniform). ``None`` disables it.
+    cluster_init_epoch: int | None | str = "auto"
+    cluster_pretrain_epochs: int = 10
+    #: unsupervised only: cluster the latent again at this fraction of the epochs (the
+    #: latent is organised by then; see scarkids.train.loop._epoch_labels); ``None``: never
+    cluster_refresh: float | None = 0.5
+    #: keep the refreshed clusters as the labels until the end of training
+    cluster_hold: bool = False
+    #: unsupervised only, once the clusters are initialised: re-estimate the mixing
+    #: proportion pi every epoch from the clusters' mass (an EM step); a cluster holding
+    #: less than ``min_cluster_fraction`` of the cells is switched off, so ``n_labels`` is
+    #: a maximum and surplus clusters stay empty
+    learn_cluster_prior: bool = True
+    min_cluster_fraction: float = 1e-3
+    seed: int = 0
+    progress_bar: bool = True
+    #: name shown in the progress bar and log lines
+    name: str = "scARKIDS"

@@ -1,0 +1,73 @@
+"""The public API documents its parameters (issue: a house that shows its plan): every
+function and method of the API reference (docs/api.md) has a numpydoc ``Parameters``
+section naming each of its parameters."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+import scarkids
+import scarkids.config
+import scarkids.datasets
+import scarkids.evaluation
+import scarkids.pl
+from scarkids.module import DiffusionPrior, SCARKIDSModule
+from scarkids.train import TrainingSettings
+
+FUNCTIONS = [
+    scarkids.datasets.simulate,
+    scarkids.datasets.write_simulated_h5ad,
+    scarkids.evaluation.evaluate,
+    scarkids.evaluation.write_evaluation,
+    scarkids.evaluation.quick_metrics,
+    scarkids.pl.plot_umap,
+    scarkids.pl.plot_metrics_table,
+    scarkids.config.load_config,
+    scarkids.config.resolve_config,
+    scarkids.config.session_list,
+]
+CLASSES = [scarkids.SCARKIDS, SCARKIDSModule, DiffusionPrior, TrainingSettings]
+
+
+def public_callables():
+    out = [(f.__qualname__, f) for f in FUNCTIONS]
+    for cls in CLASSES:
+        out.append((cls.__name__, cls))
+        for name, member in inspect.getmembers(cls):
+            if name.startswith("_") or not callable(member):
+                continue
+            if getattr(member, "__module__", "").startswith("torch"):
+                continue  # inherited from torch.nn.Module
+            out.append((f"{cls.__name__}.{name}", member))
+    return out
+
+
+def parameters(obj) -> list[str]:
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return []
+    skip = {"self", "cls", "args", "kwargs", "module_kwargs"}
+    return [p for p in sig.parameters if p not in skip]
+
+
+@pytest.mark.parametrize(("name", "obj"), public_callables(), ids=lambda x: str(x))
+def test_public_api_documents_its_parameters(name, obj):
+    doc = inspect.getdoc(obj) or ""
+    assert doc.strip(), f"{name} has no docstring"
+    names = parameters(obj)
+    if not names:
+        return
+    assert "Parameters\n----------" in doc, f"{name}: no numpydoc Parameters section"
+    section = doc.split("Parameters\n----------", 1)[1]
+    missing = [
+        p
+        for p in names
+        if f"\n{p}\n" not in f"\n{section}"
+        and f"\n{p} :" not in f"\n{section}"
+        and f", {p}\n" not in section
+        and f"\n{p}," not in f"\n{section}"
+    ]
+    assert not missing, f"{name}: parameters not documented: {missing}"

@@ -1,0 +1,150 @@
+"""The package's plan, read from its imports: subpackages import only downward, no cycles
+(issue: a house that shows its plan)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "scarkids"
+
+#: the floors, bottom first: a module may import its own floor and the floors below
+LAYERS = [
+    {"errors", "constants"},
+    {"nn", "distributions"},
+    {"module"},
+    {"train"},
+    {"data", "datasets"},
+    {"model"},
+    {"config", "pl"},
+    {"metrics", "evaluation"},
+    {"cli", "__main__"},
+]
+#: the package root (``scarkids/__init__.py``) re-exports lazily and stands above all
+FLOOR = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+
+def room(module: str) -> str:
+    """``scarkids.model.base`` -> ``model``; ``scarkids`` -> ``""`` (the package root)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = ("scarkids", *path.relative_to(PACKAGE).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def imports_of(path: Path, module: str, known: set[str]) -> set[str]:
+    """The scarkids modules ``path`` imports, at any depth (lazy imports count too)."""
+    is_package = path.name == "__init__.py"
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".") if is_package else module.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module or ""
+            # ``from pkg import submodule`` imports the submodule, not the package's others
+            subs = [f"{prefix}.{a.name}" for a in node.names if f"{prefix}.{a.name}" in known]
+            names = subs if len(subs) == len(node.names) else [prefix, *subs]
+        else:
+            continue
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                out.add(name)
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {m: imports_of(p, m, set(mods)) for m, p in mods.items()}
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for src, targets in edges.items():
+        if src == "scarkids":
+            continue
+        for dst in targets:
+            if dst == "scarkids" or room(src) == room(dst):
+                continue  # the root's __version__; a room's own files
+            if FLOOR[room(dst)] > FLOOR[room(src)]:
+                bad.append(f"{src} -> {dst}")
+    return bad
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w == "scarkids":
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in edges:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_every_room_is_on_a_floor():
+    rooms = {room(m) for m in modules()} - {""}
+    assert rooms <= set(FLOOR), f"put these in LAYERS: {sorted(rooms - set(FLOOR))}"
+
+
+def test_no_upward_import():
+    assert upward_imports(graph()) == []
+
+
+def test_no_import_cycle():
+    assert cycles(graph()) == []
+
+
+def test_the_check_catches_an_upward_import_and_a_cycle():
+    edges = graph()
+    edges["scarkids.module.vae"] = edges["scarkids.module.vae"] | {"scarkids.model.base"}
+    assert "scarkids.module.vae -> scarkids.model.base" in upward_imports(edges)
+    assert any("scarkids.module.vae" in c for c in cycles(edges))
+
+
+@pytest.mark.parametrize(
+    "source", ["from scarkids.cli.commands import main", "from ..cli import main"]
+)
+def test_relative_and_absolute_imports_are_read(tmp_path, source):
+    path = tmp_path / "vae.py"
+    path.write_text(source + "\n")
+    found = imports_of(path, "scarkids.module.vae", set(modules()))
+    assert found and all(m.startswith("scarkids.cli") for m in found)
