@@ -14,6 +14,7 @@ from scarkids import cli
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 def test_kang_train_then_inference_selects_genes_and_writes_outputs(tmp_path, monkeypatch):
     path = shared_file("kang_ifnb_labeled.h5ad")
     monkeypatch.chdir(tmp_path)

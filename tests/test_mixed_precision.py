@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from helpers import same_label_fraction
 
@@ -26,6 +27,7 @@ def test_wide_linear_bf16_close_to_float32_and_differentiable():
     assert (x.grad - expected).norm() / expected.norm() < 1e-2
 
 
+@pytest.mark.slow
 def test_mixed_precision_training_matches_float32():
     adata = scarkids.datasets.simulate(1500, 300, n_batches=2, n_cell_types=4, seed=5)
     SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="cell_type")

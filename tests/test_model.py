@@ -43,6 +43,7 @@ def test_training_improves_validation_elbo(supervised_model):
     assert np.isfinite(elbo).all()
 
 
+@pytest.mark.slow
 def test_integration_on_simulated_strong_batch_effect(supervised_model):
     adata = supervised_model.adata
     raw = pca_of_counts(adata)
@@ -97,6 +98,7 @@ def test_a_cluster_without_mass_is_switched_off():
     )
 
 
+@pytest.mark.slow
 def test_semi_supervised_labels_hidden_cells():
     adata = strong_batch_data(seed=3)
     rng = np.random.default_rng(0)
@@ -195,6 +197,7 @@ def test_refinement_is_seeded(supervised_model):
     assert a.shape == (supervised_model.adata.n_obs, 10) and np.isfinite(a).all()
 
 
+@pytest.mark.slow
 def test_training_improves_validation_elbo_on_pbmc():
     adata = sc.read_h5ad(shared_file("pbmc_3chem_symphony.h5ad"))
     SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="cell_type")

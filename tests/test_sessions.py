@@ -23,6 +23,7 @@ SESSIONS = [
 EPOCHS = [6, 4, 5, 3]
 
 
+@pytest.mark.slow
 def test_four_sessions_on_cellbench(tmp_path, monkeypatch, caplog):
     adata = ad.read_h5ad(shared_file("cellbench_5batch.h5ad"))
     monkeypatch.chdir(tmp_path)
