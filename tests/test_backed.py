@@ -11,7 +11,7 @@ import torch
 
 from scarkids import SCARKIDS
 from scarkids.data.backed import BackedCounts, ChunkedStore
-from scarkids.data.h5ad import write_h5ad_file
+from scarkids.data.files import write_h5ad
 from scarkids.data.simulate import simulate, write_simulated_h5ad
 from scarkids.errors import InputDataError
 
@@ -91,7 +91,7 @@ def test_backed_counts_are_checked_per_chunk(tmp_path):
     X = adata.X.tolil()
     X[250, 3] = -2.0  # a negative value in the last chunk only
     adata.X = sp.csr_matrix(X)
-    write_h5ad_file(adata, path)
+    write_h5ad(adata, path)
     backed = ad.read_h5ad(path, backed="r")
     SCARKIDS.setup_anndata(backed, batch_key="batch")
     model = SCARKIDS(backed, n_latent=4, seed=0)

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import yaml
 
 from scarkids import cli
-from scarkids.data.h5ad import write_h5ad_file
+from scarkids.data.files import write_h5ad
 from scarkids.data.simulate import simulate
 
 BASE = {
@@ -54,8 +54,8 @@ def trained(tmp_path_factory) -> Path:
     """A folder with data/train.h5ad, data/test.h5ad and checkpoints/best_model.pt."""
     root = tmp_path_factory.mktemp("trained")
     (root / "data").mkdir()
-    write_h5ad_file(tiny(0), root / "data" / "train.h5ad")
-    write_h5ad_file(tiny(1, n_cells=50), root / "data" / "test.h5ad")
+    write_h5ad(tiny(0), root / "data" / "train.h5ad")
+    write_h5ad(tiny(1, n_cells=50), root / "data" / "test.h5ad")
     write_config(root / "config.yaml")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -98,7 +98,7 @@ def fails(work: Path, capsys, argv: list, *needles: str) -> str:
 
 
 def save(adata: ad.AnnData, path: Path) -> Path:
-    write_h5ad_file(adata, path)
+    write_h5ad(adata, path)
     return path
 
 

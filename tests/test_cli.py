@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from scarkids import cli
-from scarkids.data.h5ad import write_h5ad_file
+from scarkids.data.files import write_h5ad
 from scarkids.data.simulate import simulate
 from scarkids.model import checkpoint
 
@@ -55,7 +55,7 @@ def workdir(tmp_path, monkeypatch):
     """A folder with data/train.h5ad (300 cells x 120 genes) and config.yaml; the cwd."""
     data = tmp_path / "data"
     data.mkdir()
-    write_h5ad_file(
+    write_h5ad(
         simulate(n_cells=300, n_genes=120, n_batches=2, n_cell_types=3, seed=0), data / "train.h5ad"
     )
     write_config(tmp_path / "config.yaml")
@@ -166,13 +166,13 @@ def model_dir(tmp_path_factory):
     """A trained supervised model (checkpoints/best_model.pt) and a test file in one folder."""
     root = tmp_path_factory.mktemp("model")
     (root / "data").mkdir()
-    write_h5ad_file(
+    write_h5ad(
         simulate(n_cells=300, n_genes=120, n_batches=2, n_cell_types=3, seed=0),
         root / "data" / "train.h5ad",
     )
     test = simulate(n_cells=80, n_genes=120, n_batches=2, n_cell_types=3, seed=1)
     test.obs_names = [f"query_{i:02d}" for i in range(test.n_obs)][::-1]  # not in sorted order
-    write_h5ad_file(test, root / "data" / "test.h5ad")
+    write_h5ad(test, root / "data" / "test.h5ad")
     write_config(root / "config.yaml")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -244,7 +244,7 @@ def test_inference_unseen_batch_is_named(model_dir, capsys, monkeypatch):
     monkeypatch.chdir(model_dir)
     query = ad.read_h5ad(model_dir / "data" / "test.h5ad")
     query.obs["batch"] = "lab_X"
-    write_h5ad_file(query, model_dir / "data" / "unseen.h5ad")
+    write_h5ad(query, model_dir / "data" / "unseen.h5ad")
     rc, _, err = run(["infer", "--data_path", "data/unseen.h5ad", "--output_dir", "u"], capsys)
     assert rc == 2 and "lab_X" in err and "data/unseen.h5ad" in err
     assert not (model_dir / "u").exists()
@@ -255,8 +255,8 @@ def test_inference_unseen_batch_is_named(model_dir, capsys, monkeypatch):
 
 def test_sequential_sessions_write_session_checkpoints(workdir, capsys):
     full = simulate(n_cells=400, n_genes=120, n_batches=3, n_cell_types=3, seed=2)
-    write_h5ad_file(full[full.obs["batch"] != "batch_2"].copy(), workdir / "data" / "s1.h5ad")
-    write_h5ad_file(full[full.obs["batch"] == "batch_2"].copy(), workdir / "data" / "s2.h5ad")
+    write_h5ad(full[full.obs["batch"] != "batch_2"].copy(), workdir / "data" / "s1.h5ad")
+    write_h5ad(full[full.obs["batch"] == "batch_2"].copy(), workdir / "data" / "s2.h5ad")
     sessions = [
         {"name": "session_1", "data_path": "data/s1.h5ad", "supervised": True},
         {"name": "session_2", "data_path": "data/s2.h5ad", "supervised": False, "n_epochs": 2},
@@ -376,3 +376,28 @@ def test_main_py_seed_form_trains(workdir):
     assert proc.returncode == 0, proc.stderr
     assert (workdir / "checkpoints" / "best_model.pt").exists()
     assert len(epoch_lines(workdir / "logs" / "training.log")) == 1
+
+
+def test_the_shipped_config_trains_and_infers_on_a_fresh_machine(tmp_path, capsys, monkeypatch):
+    """The seed's Quick Start: config.yaml as shipped names the built-in dataset, so
+    ``python main.py --mode train --config config.yaml --seed 42`` needs no data files (here
+    with 2 epochs and a smaller network, to keep the suite short)."""
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert shipped["data"]["train_data_path"] == "builtin:simulated"
+    shipped["training"]["n_epochs"] = 2
+    shipped["ddpm_backward"]["noise_hidden_dim"] = 16
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(shipped))
+    monkeypatch.chdir(tmp_path)
+    rc, out, _ = run(["--mode", "train", "--config", "config.yaml", "--seed", "42"], capsys)
+    assert rc == 0 and "builtin:simulated: 3000 cells" in out
+    rc, out, _ = run(["--mode", "inference", "--config", "config.yaml"], capsys)
+    assert rc == 0
+    assert np.load(tmp_path / "results" / "latent_embeddings.npy").shape == (3000, 10)
+
+
+def test_an_unknown_builtin_dataset_is_one_line(workdir, capsys):
+    rc, _, err = run(["train", "--config", "config.yaml", "--data_path", "builtin:nope"], capsys)
+    assert rc == 2
+    assert err.strip().splitlines()[-1] == (
+        "error: builtin:nope: no such built-in dataset; the built-in one is 'builtin:simulated'"
+    )

@@ -21,7 +21,7 @@ import yaml
 from scipy.spatial.distance import pdist
 
 from scarkids import SCARKIDS
-from scarkids.data.h5ad import write_h5ad_file
+from scarkids.data.files import write_h5ad
 from scarkids.data.simulate import simulate
 
 EPOCHS = 8
@@ -42,7 +42,7 @@ def _env() -> dict:
 def runs(tmp_path_factory):
     """The same config trained by 2 processes (--devices 2) and by 1."""
     work = tmp_path_factory.mktemp("ddp")
-    write_h5ad_file(simulate(1200, 150, n_batches=3, n_cell_types=4, seed=0), work / "train.h5ad")
+    write_h5ad(simulate(1200, 150, n_batches=3, n_cell_types=4, seed=0), work / "train.h5ad")
     out = {}
     for name, devices in (("ddp", ["--devices", "2"]), ("single", [])):
         cfg = {**CONFIG, "training": {**CONFIG["training"]}}

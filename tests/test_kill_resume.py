@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from scarkids import SCARKIDS
-from scarkids.data.h5ad import write_h5ad_file
+from scarkids.data.files import write_h5ad
 from scarkids.data.simulate import simulate
 from scarkids.model import checkpoint
 
@@ -42,7 +42,7 @@ CONFIG = {
 
 def prepare(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    write_h5ad_file(
+    write_h5ad(
         simulate(n_cells=240, n_genes=60, n_batches=2, n_cell_types=3, seed=0), root / "train.h5ad"
     )
     (root / "config.yaml").write_text(yaml.safe_dump(CONFIG))

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from scarkids import SCARKIDS, ScarkidsError, cli
-from scarkids.data.h5ad import write_h5ad_file
+from scarkids.data.files import write_h5ad
 from scarkids.data.preprocess import check_columns, zero_count_cells
 
 SETTINGS = settings(
@@ -131,7 +131,7 @@ def test_cli_train_and_infer_succeed_or_fail_cleanly(adata, supervised):
         root = Path(tmp)
         mp.chdir(root)
         adata.obs["cell_type"] = adata.obs["cell_type"].astype("category")  # None -> NaN
-        write_h5ad_file(adata, root / "train.h5ad")  # pandas 3 strings too
+        write_h5ad(adata, root / "train.h5ad")  # pandas 3 strings too
         cfg = copy.deepcopy(BASE)
         cfg["global"]["supervised"] = supervised
         (root / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))

@@ -8,7 +8,7 @@ import yaml
 from helpers import shared_file
 
 from scarkids import cli
-from scarkids.data.h5ad import write_h5ad_file
+from scarkids.data.files import write_h5ad
 from scarkids.model import checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,7 +31,7 @@ def test_four_sessions_on_cellbench(tmp_path, monkeypatch, caplog):
     sessions = []
     for (name, batches, supervised), epochs in zip(SESSIONS, EPOCHS, strict=True):
         part = adata[adata.obs["batch"].isin(batches)].copy()
-        write_h5ad_file(part, tmp_path / "data" / f"{name}.h5ad")
+        write_h5ad(part, tmp_path / "data" / f"{name}.h5ad")
         sessions.append(
             {
                 "name": name,

@@ -405,7 +405,7 @@ def _cmd_simulate(args) -> int:
         batch_effect=args.batch_effect,
         seed=args.seed,
     )
-    path = write_h5ad(args.output, adata)
+    path = write_h5ad(adata, args.output)
     print(f"Wrote {path}: {adata.n_obs} cells x {adata.n_vars} genes, obs 'batch' and 'cell_type'")
     return 0
 

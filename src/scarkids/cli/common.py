@@ -7,18 +7,16 @@ The runs themselves live in :mod:`scarkids.cli.train` (train, sessions) and
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from scarkids.config.load import config_hash, load_config
-from scarkids.data.h5ad import write_h5ad_file
+from scarkids.data.files import write_atomic, write_h5ad, write_json  # noqa: F401 (re-exported)
 from scarkids.errors import ConfigError, InputDataError
 from scarkids.train import distributed
 
@@ -243,37 +241,3 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     if not os.access(probe_dir, os.W_OK | os.X_OK):
         raise InputDataError(f"{p}: {what} is not writable; choose another folder")
     return p
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` for a temporary file beside ``path``, then rename it over ``path``.
-
-    A reader sees the old file or the complete new one, never half of one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    text = json.dumps(obj, indent=2, default=str) + "\n"
-    return write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def write_h5ad(path: str | os.PathLike, adata) -> Path:
-    return write_atomic(path, lambda tmp: write_h5ad_file(adata, tmp))

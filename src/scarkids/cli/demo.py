@@ -17,10 +17,16 @@ from scarkids.cli.infer import run_inference
 from scarkids.cli.train import run_train
 from scarkids.config.load import dump_config, resolve_config
 from scarkids.constants import BEST_CHECKPOINT
+from scarkids.data.simulate import BUILTIN
 
 log = logging.getLogger("scarkids.run")
 
-DEMO_GENES, DEMO_BATCHES, DEMO_TYPES, DEMO_BATCH_EFFECT = 1000, 3, 5, 0.5
+DEMO_GENES, DEMO_BATCHES, DEMO_TYPES, DEMO_BATCH_EFFECT = (
+    BUILTIN["n_genes"],
+    BUILTIN["n_batches"],
+    BUILTIN["n_cell_types"],
+    BUILTIN["batch_effect"],
+)
 
 
 def run_demo(
@@ -54,7 +60,7 @@ def run_demo(
         batch_effect=DEMO_BATCH_EFFECT,
         seed=seed,
     )
-    write_h5ad(data_path, adata)
+    write_h5ad(adata, data_path)
 
     raw = {
         "global": {"n_genes": None, "supervised": True},

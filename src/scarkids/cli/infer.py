@@ -27,7 +27,7 @@ from scarkids.constants import (  # noqa: F401 (the file names, re-exported)
     REFINED_KEY,
     RUN_INFO_FILE,
 )
-from scarkids.data.h5ad import write_h5ad_file
+from scarkids.data.files import write_h5ad
 from scarkids.data.preprocess import check_columns, read_h5ad, restrict_genes, zero_count_cells
 from scarkids.errors import InputDataError
 
@@ -244,7 +244,7 @@ def _write_expression_h5ad(path: Path, out, chunks) -> Path:
     shape = (out.n_obs, out.n_vars)
 
     def write(tmp: str) -> None:
-        write_h5ad_file(out, tmp)
+        write_h5ad(out, tmp, atomic=False)
         with h5py.File(tmp, "a") as f:
             rows = max(1, min(shape[0], (1 << 20) // max(shape[1], 1)))  # ~4 MiB chunks
             X = f.create_dataset("X", shape=shape, dtype="float32", chunks=(rows, shape[1]))

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from scarkids.data.registry import get_counts
+from scarkids.data.simulate import BUILTIN_PATH, builtin_dataset
 from scarkids.errors import InputDataError
 
 logger = logging.getLogger(__name__)
@@ -29,11 +30,21 @@ _MIN_VARYING_GENES = 50
 def read_h5ad(path: str | os.PathLike, *, what: str = "data file"):
     """Read ``path`` fully into memory, or raise an InputDataError naming it.
 
+    ``"builtin:simulated"`` is the built-in simulated dataset
+    (:func:`scarkids.data.simulate.builtin_dataset`), so that the shipped ``config.yaml``
+    trains on a fresh machine.
+
     Distinguishes a missing file, a directory, a file that is not HDF5 (not an h5ad) and an
     HDF5 file that anndata cannot read (truncated or not written by anndata).
     """
     import anndata as ad
 
+    if str(path) == BUILTIN_PATH:  # the built-in dataset: runs work on a fresh machine
+        return builtin_dataset()
+    if str(path).startswith("builtin:"):
+        raise InputDataError(
+            f"{path}: no such built-in dataset; the built-in one is {BUILTIN_PATH!r}"
+        )
     p = Path(path)
     if not p.exists():
         raise InputDataError(

@@ -7,7 +7,37 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scarkids.data.h5ad import write_h5ad_file
+from scarkids.data.files import write_h5ad
+
+#: the built-in dataset (``data.*_data_path: builtin:simulated``, and ``scarkids demo``)
+BUILTIN = {"n_cells": 3000, "n_genes": 1000, "n_batches": 3, "n_cell_types": 5, "batch_effect": 0.5}
+#: the data path that names it
+BUILTIN_PATH = "builtin:simulated"
+
+
+def builtin_dataset(seed: int = 0):
+    """The built-in simulated dataset: 3,000 cells x 1,000 genes, 3 batches, 5 cell types
+    (raw counts; ``obs["batch"]``, ``obs["cell_type"]``), the same for a given ``seed``.
+
+    Parameters
+    ----------
+    seed
+        Seed of the simulation.
+
+    Returns
+    -------
+    anndata.AnnData
+        The counts, as :func:`simulate` returns them.
+    """
+    b = BUILTIN
+    return simulate(
+        b["n_cells"],
+        b["n_genes"],
+        n_batches=b["n_batches"],
+        n_cell_types=b["n_cell_types"],
+        batch_effect=b["batch_effect"],
+        seed=seed,
+    )
 
 
 def simulate(
@@ -247,7 +277,7 @@ def write_simulated_h5ad(
     plan = _Plan(n_cells, n_genes, **defaults)
     obs = plan.obs()
     library = np.zeros(n_cells, dtype=np.float32)
-    write_h5ad_file(ad.AnnData(obs=obs, var=plan.var()), path)
+    write_h5ad(ad.AnnData(obs=obs, var=plan.var()), path, atomic=False)
     draw = plan.drawer(device)
     with h5py.File(path, "a") as f:
         for i, sl in enumerate(tqdm(_slices(n_cells, chunk_size), disable=not progress)):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from scarkids.data.files import write_atomic
 from scarkids.errors import CheckpointError
 from scarkids.train import distributed
 
@@ -23,8 +23,9 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def write_atomic(payload: dict, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename over it.
+def save(payload: dict, path: str | os.PathLike) -> Path:
+    """``torch.save`` the ``payload`` to ``path`` (a directory means ``<dir>/model.pt``),
+    atomically (:func:`scarkids.data.files.write_atomic`) and flushed to disk.
 
     A reader never sees a half-written checkpoint, even when the process is killed. In a
     distributed run only rank 0 writes (every rank holds the same weights).
@@ -32,28 +33,23 @@ def write_atomic(payload: dict, path: str | os.PathLike) -> Path:
     path = resolve_path(path)
     if not distributed.is_main_process():
         return path
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        return write_atomic(path, write)
     except OSError as e:
         raise CheckpointError(
             f"{path}: cannot write checkpoint ({e.strerror}); choose a writable checkpoint_dir"
         ) from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict:
-    """Load and validate a checkpoint written by :func:`write_atomic`."""
+    """Load and validate a checkpoint written by :func:`save`."""
     path = resolve_path(path)
     if not path.exists():
         raise CheckpointError(

@@ -100,7 +100,7 @@ class ModelPersistence:
         CheckpointError
             When the file or its directory cannot be written.
         """
-        return checkpoint.write_atomic(
+        return checkpoint.save(
             self.state_payload(include_training_state=include_training_state, extra=extra), path
         )
 
