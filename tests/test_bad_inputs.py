@@ -344,3 +344,25 @@ def test_inference_data_with_negative_values(work, capsys):
     X[0, 0] = -1
     a.X = X
     infer_on(work, a, capsys, "data/query.h5ad", "negative")
+
+
+def test_counts_are_checked_once_per_matrix(monkeypatch):
+    """A run reads the same counts several times (zero-count cells, genes, setup, encoding):
+    the raw-count scan runs once per matrix, and again for a different matrix."""
+    import scipy.sparse as sp
+
+    from scarkids.data import counts
+
+    calls = []
+    scan = counts._first_non_integer
+    monkeypatch.setattr(counts, "_first_non_integer", lambda d: calls.append(1) or scan(d))
+    X = sp.random(50, 20, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    X.data = np.round(X.data * 10) + 1
+    for _ in range(4):
+        counts.check_counts(X, where="x")
+    assert len(calls) == 1
+    bad = X.copy()
+    bad.data[0] = 0.5
+    with pytest.raises(counts.InputDataError, match="does not hold raw counts"):
+        counts.check_counts(bad, where="x")
+    assert len(calls) == 2

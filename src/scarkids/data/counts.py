@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -11,13 +13,28 @@ from scarkids.errors import InputDataError
 INTEGER_TOLERANCE = 1e-3
 
 
+#: matrices that passed the checks, with their shape and stored entries: a training run
+#: reads the same counts several times (zero-count cells, gene selection, setup, encoding)
+#: and checks them once
+#: (matrices are unhashable: keyed by id, with a weak reference that proves the identity)
+_CHECKED: dict[int, tuple[weakref.ref, tuple]] = {}
+
+
+def _fingerprint(X) -> tuple:
+    return (X.shape, X.nnz if sp.issparse(X) else None)
+
+
 def check_counts(X, *, where: str, what: str = "X") -> sp.csr_matrix:
-    """``X`` as float32 CSR after the raw-count checks of :func:`get_counts`."""
+    """``X`` as float32 CSR after the raw-count checks of :func:`get_counts` (finite,
+    non-negative, integer); a matrix that passed them before is not scanned again."""
+    source = X
+    entry = _CHECKED.get(id(source))
+    checked = entry is not None and entry[0]() is source and entry[1] == _fingerprint(source)
     if not sp.issparse(X):
         X = sp.csr_matrix(np.asarray(X))
     X = sp.csr_matrix(X, dtype=np.float32)
     data = X.data
-    if data.size:
+    if data.size and not checked:
         # min/max propagate NaN and see inf: no full-size boolean temporary
         if not (np.isfinite(data.min()) and np.isfinite(data.max())):
             raise InputDataError(
@@ -35,7 +52,17 @@ def check_counts(X, *, where: str, what: str = "X") -> sp.csr_matrix:
                 f"{where}: {what} does not hold raw counts ({hint}, e.g. {example:.4g}); "
                 "give integer counts (set data.counts_layer if they are in a layer, or round them)"
             )
+    _remember(source)
     return X
+
+
+def _remember(source) -> None:
+    key = id(source)
+    try:
+        ref = weakref.ref(source, lambda _: _CHECKED.pop(key, None))
+    except TypeError:  # not weak-referenceable: checked every time
+        return
+    _CHECKED[key] = (ref, _fingerprint(source))
 
 
 def _first_non_integer(data: np.ndarray, piece: int = 1 << 24) -> float | None:
