@@ -104,6 +104,7 @@ def module_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "prior_training": bwd["prior_training"],
         "importance_sampling": bwd["importance_sampling"],
         "label_prior_probs": cfg["prior"]["cell_type_prior_probs"],
+        "prior": cfg["prior"]["type"],
     }
 
 

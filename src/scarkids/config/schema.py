@@ -125,6 +125,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "dropout": INHERIT,
     },
     "prior": {
+        "type": Key(
+            "enum",
+            "diffusion",
+            choices=("diffusion", "gaussian", "mixture"),
+            help="p(z0 | c): diffusion | gaussian (N(0, I)) | mixture (N(mu_c, sigma_c^2))",
+        ),
         "cell_type_prior_probs": Key("float_list", None, optional=True, ge=0),
         "batch_prior_probs": Key(
             "float_list",

@@ -490,11 +490,16 @@ class SCARKIDS(ModelOutputs, ReferenceMapping, ModelPersistence):
             label_mode=label_mode,
         )
 
+    def _prior_text(self) -> str:
+        if self.module.prior_type == "diffusion":
+            return f"{self.module.prior.n_steps} diffusion steps"
+        return f"{self.module.prior_type} prior"
+
     def __repr__(self) -> str:
         r = self.registry
         kind = "unsupervised clusters" if r.labels_are_clusters else "cell types"
         return (
             f"SCARKIDS: {len(r.gene_names)} genes, {len(r.batch_categories)} batches, "
             f"{len(r.label_categories)} {kind}, latent {self.module.n_latent}, "
-            f"{self.module.prior.n_steps} diffusion steps, trained={self.is_trained}"
+            f"{self._prior_text()}, trained={self.is_trained}"
         )

@@ -346,6 +346,11 @@ class ModelOutputs:
         numpy.ndarray
             The refined codes, ``(n_cells, n_latent)`` float32.
         """
+        if self.module.prior_type != "diffusion":
+            raise InputDataError(
+                f"refinement needs the diffusion prior; this model's prior is "
+                f"{self.module.prior_type!r} (turn inference.use_ddpm_refinement off)"
+            )
         if not 1 <= n_steps <= self.module.prior.n_steps:
             raise InputDataError(
                 f"n_refinement_steps must be between 1 and n_diffusion_steps ({self.module.prior.n_steps}), got {n_steps}"

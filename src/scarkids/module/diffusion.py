@@ -206,6 +206,17 @@ class DiffusionPrior(nn.Module):
     def n_labels(self) -> int:
         return self.net.n_labels
 
+    def extend_labels(self, n_new: int) -> None:
+        """Append ``n_new`` cell types to the noise network's label embedding.
+
+        Parameters
+        ----------
+        n_new
+            Number of cell types to add.
+        """
+        if n_new > 0:
+            self.net.label = extend_embedding(self.net.label, n_new)
+
     # ------------------------------------------------------------------ bound
     def sample_steps(
         self, n: int, *, importance: bool = False, generator: torch.Generator | None = None

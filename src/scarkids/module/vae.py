@@ -25,7 +25,8 @@ from torch import nn
 
 from scarkids.constants import LABEL_OFFSET, UNLABELED  # noqa: F401 (UNLABELED re-exported)
 from scarkids.distributions.counts import NonZeros, softmax_count_log_prob_sum
-from scarkids.module.diffusion import BetaSchedule, DiffusionPrior, extend_embedding
+from scarkids.module.diffusion import BetaSchedule, DiffusionPrior
+from scarkids.module.priors import GaussianPrior, MixturePrior
 from scarkids.nn.layers import Classifier, Decoder, Encoder, Norm
 
 LabelMode = Literal["labelled", "unlabelled", "mixed"]
@@ -145,6 +146,7 @@ class SCARKIDSModule(nn.Module):
         null_label_prob: float = 0.1,
         prior_training: Literal["split", "elbo"] = "split",
         importance_sampling: bool = True,
+        prior: Literal["diffusion", "gaussian", "mixture"] = "diffusion",
         label_prior_probs: list[float] | None = None,
     ):
         super().__init__()
@@ -174,17 +176,25 @@ class SCARKIDSModule(nn.Module):
         self.classifier = Classifier(
             n_latent, n_labels, classifier_hidden_dim, classifier_layers, norm=norm, dropout=dropout
         )
-        self.prior = DiffusionPrior(
-            n_latent,
-            n_labels,
-            n_steps=n_diffusion_steps,
-            beta_schedule=beta_schedule,
-            beta_min=beta_min,
-            beta_max=beta_max,
-            hidden_dim=noise_hidden_dim,
-            n_layers=noise_n_layers,
-            timestep_embed_dim=timestep_embed_dim,
-        )
+        self.prior_type = prior
+        if prior == "diffusion":
+            self.prior = DiffusionPrior(
+                n_latent,
+                n_labels,
+                n_steps=n_diffusion_steps,
+                beta_schedule=beta_schedule,
+                beta_min=beta_min,
+                beta_max=beta_max,
+                hidden_dim=noise_hidden_dim,
+                n_layers=noise_n_layers,
+                timestep_embed_dim=timestep_embed_dim,
+            )
+        elif prior == "gaussian":
+            self.prior = GaussianPrior(n_latent, n_labels)
+        elif prior == "mixture":
+            self.prior = MixturePrior(n_latent, n_labels)
+        else:
+            raise ValueError(f"prior must be 'diffusion', 'gaussian' or 'mixture', got {prior!r}")
         self.register_buffer("log_label_prior", self._log_prior(n_labels, label_prior_probs))
 
     @staticmethod
@@ -507,6 +517,6 @@ class SCARKIDSModule(nn.Module):
         if n_new <= 0:
             return
         self.classifier.extend_labels(n_new)
-        self.prior.net.label = extend_embedding(self.prior.net.label, n_new)
+        self.prior.extend_labels(n_new)
         n = self.n_labels
         self.log_label_prior = torch.full((n,), -math.log(n), device=self.log_label_prior.device)
