@@ -460,11 +460,14 @@ def test_shipped_files_exist():
     assert "sequential.yaml" in names
 
 
-def test_shipped_config_keeps_the_seed_paths():
+def test_shipped_config_trains_as_shipped_and_shows_the_seed_paths():
+    """The seed's Quick Start trains with config.yaml as shipped: its data paths name the
+    built-in dataset, and its comments show the seed's ./data/*.h5ad paths to adjust."""
     data = load_config(ROOT / "config.yaml")["data"]
-    assert data["train_data_path"] == "./data/train.h5ad"
-    assert data["val_data_path"] == "./data/val.h5ad"
-    assert data["test_data_path"] == "./data/test.h5ad"
+    assert data["train_data_path"] == data["test_data_path"] == "builtin:simulated"
+    assert data["val_data_path"] is None
+    text = (ROOT / "config.yaml").read_text()
+    assert "./data/train.h5ad" in text and "./data/test.h5ad" in text
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])

@@ -116,6 +116,10 @@ class SCARKIDSModule(nn.Module):
     label_prior_probs
         Initial mixing proportion ``pi`` of the labels, one non-negative value per label
         (normalised here); ``None``: uniform.
+    prior
+        The latent prior ``p(z0 | c)``: ``"diffusion"`` (the DDPM above), or the controls of
+        :mod:`scarkids.module.priors`, ``"gaussian"`` (``N(0, I)``) and ``"mixture"``
+        (``N(mu_c, diag sigma_c^2)`` per cell type); the diffusion settings are then unused.
     """
 
     def __init__(
