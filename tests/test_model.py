@@ -218,3 +218,18 @@ def test_default_learning_rate_scales_with_batch_size():
         model = SCARKIDS(adata, seed=0)
         model.train(1, batch_size=batch_size, learning_rate=given, progress_bar=False)
         assert model.history["learning_rate"][0] == pytest.approx(expected)
+
+
+def test_the_automatic_epoch_budget_is_said(monkeypatch, caplog, capsys):
+    """train() without max_epochs says how many epochs it chose and why."""
+    import logging
+
+    import scarkids.model.base as base
+
+    monkeypatch.setattr(base, "default_max_epochs", lambda n: 2)
+    adata = scarkids.datasets.simulate(120, 30, n_batches=2, n_cell_types=2, seed=0)
+    SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
+    with caplog.at_level(logging.INFO, logger="scarkids"):
+        SCARKIDS(adata, n_latent=3, n_diffusion_steps=10).train(progress_bar=True)
+    said = "scARKIDS: 2 epochs (automatic: about 5e+05 cell passes for 120 cells"
+    assert said in caplog.text and said in capsys.readouterr().out

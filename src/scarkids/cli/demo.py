@@ -149,5 +149,7 @@ def plot_integration_umap(
             ax.set_title(f"{title}: {key}")
             ax.set_xticks([])
             ax.set_yticks([])
+            ax.set_xlabel("UMAP1")
+            ax.set_ylabel("UMAP2")
             ax.legend(fontsize=7, frameon=False, loc="best")
     return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))

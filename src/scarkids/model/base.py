@@ -36,9 +36,24 @@ from scarkids.train.loop import (
     train_module,
 )
 from scarkids.train.memory import releasing_memory
-from scarkids.train.settings import TrainingSettings, default_learning_rate, default_max_epochs
+from scarkids.train.settings import (
+    CELL_PASSES,
+    TrainingSettings,
+    default_learning_rate,
+    default_max_epochs,
+)
 
 logger = logging.getLogger(__name__)
+
+
+def _say(message: str, progress_bar: bool) -> None:
+    """A line for the user: logged, and printed above the progress bar when there is one."""
+    logger.info(message)
+    if progress_bar:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
+
 
 #: the defaults of :meth:`SCARKIDS.train` (one source: :class:`TrainingSettings`)
 _TRAIN = TrainingSettings()
@@ -403,8 +418,15 @@ class SCARKIDS(ModelOutputs, ReferenceMapping, ModelPersistence):
         data = self._training_data(
             adata, validation_adata, supervised, validation_fraction, seed, chunk_cells
         )
+        if max_epochs is None:
+            max_epochs = default_max_epochs(adata.n_obs)
+            _say(
+                f"{name}: {max_epochs} epochs (automatic: about {CELL_PASSES:.0e} cell passes "
+                f"for {adata.n_obs:,} cells, 20 to 400; pass max_epochs to choose)",
+                progress_bar,
+            )
         settings = TrainingSettings(
-            max_epochs=max_epochs if max_epochs is not None else default_max_epochs(adata.n_obs),
+            max_epochs=max_epochs,
             batch_size=batch_size,
             learning_rate=(
                 default_learning_rate(batch_size) if learning_rate is None else learning_rate
