@@ -34,5 +34,4 @@ nb_execution_raise_on_error = True
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 html_theme = "furo"
 html_title = f"scARKIDS {release}"
-html_static_path = ["_static"]
 suppress_warnings = ["mystnb.unknown_mime_type"]
