@@ -55,6 +55,19 @@ def _say(message: str, progress_bar: bool) -> None:
         tqdm.write(message)
 
 
+def _epoch_budget(max_epochs: int | None, n_cells: int, name: str, progress_bar: bool) -> int:
+    """``max_epochs``, or the automatic budget, said with its reason."""
+    if max_epochs is not None:
+        return max_epochs
+    max_epochs = default_max_epochs(n_cells)
+    _say(
+        f"{name}: {max_epochs} epochs (automatic: about {CELL_PASSES:.0e} cell passes "
+        f"for {n_cells:,} cells, 20 to 400; pass max_epochs to choose)",
+        progress_bar,
+    )
+    return max_epochs
+
+
 #: the defaults of :meth:`SCARKIDS.train` (one source: :class:`TrainingSettings`)
 _TRAIN = TrainingSettings()
 
@@ -418,13 +431,7 @@ class SCARKIDS(ModelOutputs, ReferenceMapping, ModelPersistence):
         data = self._training_data(
             adata, validation_adata, supervised, validation_fraction, seed, chunk_cells
         )
-        if max_epochs is None:
-            max_epochs = default_max_epochs(adata.n_obs)
-            _say(
-                f"{name}: {max_epochs} epochs (automatic: about {CELL_PASSES:.0e} cell passes "
-                f"for {adata.n_obs:,} cells, 20 to 400; pass max_epochs to choose)",
-                progress_bar,
-            )
+        max_epochs = _epoch_budget(max_epochs, adata.n_obs, name, progress_bar)
         settings = TrainingSettings(
             max_epochs=max_epochs,
             batch_size=batch_size,
