@@ -19,7 +19,6 @@ run in parts. ``--table`` only rebuilds the table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,16 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from integration import DATA_DIR, DATASETS, git_state, load_dataset, log, train_scvi  # noqa: E402
+from integration import (  # noqa: E402
+    DATA_DIR,
+    DATASETS,
+    git_state,
+    load_dataset,
+    log,
+    read_runs,
+    record_run,
+    train_scvi,
+)
 
 ALL = {**DATASETS, "kang_all": "kang_ifnb_all.h5ad"}
 #: labels of kang_all's cells without an author label: trained on, not scored
@@ -93,13 +101,7 @@ def kmeans(z: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def record(row: dict) -> None:
-    RUNS.parent.mkdir(parents=True, exist_ok=True)
-    key = ("dataset", "method", "seed", "k_factor")
-    rows = []
-    if RUNS.exists():
-        rows = [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if tuple(r[k] for k in key) != tuple(row[k] for k in key)]
-    RUNS.write_text("".join(json.dumps(r) + "\n" for r in [*rows, row]))
+    record_run(RUNS, row, ("dataset", "method", "seed", "k_factor"))
 
 
 def run_dataset(name: str, seeds, k_factors, methods, threads: int) -> None:
@@ -140,8 +142,7 @@ def run_dataset(name: str, seeds, k_factors, methods, threads: int) -> None:
 
 
 def write_table() -> Path:
-    rows = [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()]
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(read_runs(RUNS))
     cols = ["hungarian_accuracy", "majority_accuracy", "ARI", "NMI", "clusters_used", "NMI_batch"]
     lines = [
         "# Unsupervised cell-type recovery (`python benchmarks/clustering.py`)",

@@ -298,6 +298,21 @@ def machine() -> str:
     return f"{n} CPU cores ({cpu}), torch threads 2, no GPU used"
 
 
+def read_runs(path: Path) -> list[dict]:
+    """The run records of a JSON-lines results file (none when it does not exist)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def record_run(path: Path, row: dict, key: tuple[str, ...]) -> None:
+    """Append ``row`` to the JSON-lines file ``path``; an earlier row with the same ``key``
+    fields is replaced (so a benchmark can be rerun in parts)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in read_runs(path) if tuple(r[k] for k in key) != tuple(row[k] for k in key)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, row]))
+
+
 def merge_tsv(path: Path, new: pd.DataFrame) -> None:
     """Write ``new``; earlier rows of other methods in ``path`` are kept (merge by method)."""
     if path.exists():

@@ -21,7 +21,6 @@ paired differences). About a hundred trainings in all: run it in parts.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,8 @@ from integration import (  # noqa: E402
     load_dataset,
     log,
     prediction_scores,
+    read_runs,
+    record_run,
     score,
 )
 
@@ -92,12 +93,7 @@ def run_one(adata, name: str, mode: str, prior: str, seed: int) -> dict:
 
 
 def record(row: dict) -> None:
-    RUNS.parent.mkdir(parents=True, exist_ok=True)
-    rows = []
-    if RUNS.exists():
-        rows = [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if tuple(r[k] for k in KEY) != tuple(row[k] for k in KEY)]
-    RUNS.write_text("".join(json.dumps(r) + "\n" for r in [*rows, row]))
+    record_run(RUNS, row, KEY)
 
 
 def _cell(values: pd.Series) -> str:
@@ -108,7 +104,7 @@ def _cell(values: pd.Series) -> str:
 
 
 def write_table() -> Path:
-    df = pd.DataFrame([json.loads(x) for x in RUNS.read_text().splitlines() if x.strip()])
+    df = pd.DataFrame(read_runs(RUNS))
     for col in ("accuracy", "macro_f1"):
         if col not in df:
             df[col] = np.nan
