@@ -113,6 +113,7 @@ class _Session:
     resume_hash: str
     n_epochs: int
     learning_rate: float
+    scheduler: str | None
     mode: str
 
 
@@ -151,7 +152,7 @@ def _prepare_session(cfg: dict, *, name: str, config_path: str, banner: str | No
         check_writable_dir(
             checkpoint.resolve_path(tr["output_checkpoint"]).parent, "training.output_checkpoint"
         )
-    _scheduler(tr)  # warns about an unsupported scheduler before any work
+    scheduler = _scheduler(tr)  # warns about an unsupported scheduler before any work
     mode = "supervised" if glob["supervised"] else "unsupervised"
     if banner:
         epochs = tr["n_epochs"] if tr["n_epochs"] else "auto (from the data size)"
@@ -204,6 +205,7 @@ def _prepare_session(cfg: dict, *, name: str, config_path: str, banner: str | No
         resume_hash=resume_hash,
         n_epochs=_epoch_budget(tr, adata.n_obs),
         learning_rate=learning_rate,
+        scheduler=scheduler,
         mode=mode,
     )
 
@@ -316,7 +318,7 @@ def _fit(session: _Session, model, resume_state, freeze_from, extra: dict, on_fi
             early_stopping_patience=tr["early_stopping_patience"],
             kl_warmup_epochs=tr["kl_warmup_epochs"],
             lr_warmup_epochs=tr["lr_warmup_epochs"],
-            lr_scheduler=_scheduler(tr, warn=False),
+            lr_scheduler=session.scheduler,
             classification_weight=tr["classification_weight"],
             grad_clip_norm=tr["grad_clip_norm"],
             mixed_precision=tr["use_amp"],
@@ -402,10 +404,8 @@ def _finalise(session: _Session, model, state, extra: dict, seconds: float) -> d
 # --------------------------------------------------------------------------- steps
 
 
-def _scheduler(tr: Mapping[str, Any], warn: bool = True) -> str | None:
+def _scheduler(tr: Mapping[str, Any]) -> str | None:
     if tr["lr_scheduler"] == "plateau":
-        if not warn:
-            return None
         log.warning(
             "training.lr_scheduler: plateau is not supported; using a constant learning rate "
             "(use cosine or step)"
