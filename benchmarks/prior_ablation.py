@@ -143,7 +143,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--table", action="store_true", help="only rebuild the table")
+    parser.add_argument(
+        "--missing", action="store_true", help="skip the runs already in runs.jsonl"
+    )
     args = parser.parse_args(argv)
+    done = {tuple(r[k] for k in KEY) for r in read_runs(RUNS)} if args.missing else set()
     if not args.table:
         import torch
 
@@ -159,6 +163,8 @@ def main(argv=None) -> int:
                 adata = load_dataset(path, seed)
                 for mode in args.modes.split(","):
                     for prior in args.priors.split(","):
+                        if (name, mode, prior, seed) in done:
+                            continue
                         log(f"{name} {mode} {prior} seed {seed} ...")
                         row = run_one(adata, name, mode, prior, seed)
                         record(row)
