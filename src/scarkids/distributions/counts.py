@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -293,3 +294,38 @@ def softmax_count_log_prob_sum(
     the ``(n, G)`` minibatch.
     """
     return _apply(x, logits, log_library, log_theta, dropout_logits, nonzero, sparse)
+
+
+def sample_counts(
+    log_mu: torch.Tensor,
+    log_theta: torch.Tensor,
+    dropout_logits: torch.Tensor | None,
+    rng,
+) -> np.ndarray:
+    """Draw counts from ZINB (or NB without ``dropout_logits``), as the Gamma-Poisson mixture.
+
+    Parameters
+    ----------
+    log_mu
+        ``(n, G)`` log means.
+    log_theta
+        Log inverse dispersions, broadcastable to ``(n, G)``.
+    dropout_logits
+        ``(n, G)`` logits of the zero-inflation probability, or ``None`` (NB).
+    rng
+        :class:`numpy.random.Generator` of the draws (torch's gamma sampler takes no
+        generator, so the draws are made on the host, reproducibly).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, G)`` float32 non-negative integer counts.
+    """
+    mu = log_mu.float().exp().cpu().numpy().astype(np.float64)
+    theta = np.broadcast_to(log_theta.float().exp().cpu().numpy().astype(np.float64), mu.shape)
+    rate = rng.gamma(theta, mu / theta)
+    x = rng.poisson(rate).astype(np.float32)
+    if dropout_logits is not None:
+        p_zero = torch.sigmoid(dropout_logits.float()).cpu().numpy()
+        x[rng.random(x.shape) < p_zero] = 0.0
+    return x

@@ -23,6 +23,7 @@ from scarkids.data.registry import (
 )
 from scarkids.data.store import DeviceMatrix
 from scarkids.errors import InputDataError
+from scarkids.model.generation import ModelGeneration, library_fit
 from scarkids.model.outputs import ModelOutputs
 from scarkids.model.persistence import ModelPersistence
 from scarkids.model.surgery import ReferenceMapping
@@ -44,6 +45,16 @@ from scarkids.train.settings import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def _row_sums(X, block: int = 65_536) -> np.ndarray:
+    """Total counts per cell of a CSR matrix or backed counts (read in blocks)."""
+    if isinstance(X, BackedCounts):
+        n = X.shape[0]
+        return np.concatenate(
+            [np.asarray(X[s : min(s + block, n)].sum(1)).ravel() for s in range(0, n, block)]
+        )
+    return np.asarray(X.sum(1)).ravel()
 
 
 def _say(message: str, progress_bar: bool) -> None:
@@ -72,7 +83,7 @@ def _epoch_budget(max_epochs: int | None, n_cells: int, name: str, progress_bar:
 _TRAIN = TrainingSettings()
 
 
-class SCARKIDS(ModelOutputs, ReferenceMapping, ModelPersistence):
+class SCARKIDS(ModelOutputs, ModelGeneration, ReferenceMapping, ModelPersistence):
     """scARKIDS: a VAE with a cell-type-conditioned latent diffusion prior.
 
     Parameters
@@ -139,6 +150,8 @@ class SCARKIDS(ModelOutputs, ReferenceMapping, ModelPersistence):
         self.is_trained = False
         self.device = torch.device("cpu")
         self.extra: dict = {}
+        #: per batch name: [mean, sd, n] of the log library sizes it was trained on
+        self.library_sizes: dict[str, list[float]] = {}
 
     # ------------------------------------------------------------ AnnData setup
     @staticmethod
@@ -491,6 +504,7 @@ class SCARKIDS(ModelOutputs, ReferenceMapping, ModelPersistence):
         if supervised and (labels < 0).all():
             raise InputDataError("supervised training needs labelled cells, but none are labelled")
         self._grow_module(n_batches_before, n_labels_before)
+        self.library_sizes.update(library_fit(_row_sums(X), batch, self.registry.batch_categories))
 
         if validation_adata is not None:
             X = sp.vstack([X, Xv]).tocsr()

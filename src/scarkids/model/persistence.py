@@ -41,7 +41,8 @@ class ModelPersistence:
             ``format``, ``format_version``, ``package_version``, ``torch_version``,
             ``init_params`` (the constructor's keywords plus ``n_genes``, ``n_batches`` and
             ``n_labels``), ``registry``, ``state_dict`` (CPU tensors), ``history``,
-            ``is_trained``, ``extra`` and, when asked for and present, ``training_state``.
+            ``is_trained``, ``extra``, ``library_sizes`` (per batch: mean, sd and number of the
+            log library sizes, for :meth:`generate`) and, when asked for and present, ``training_state``.
         """
         payload = {
             "format": checkpoint.FORMAT,
@@ -59,6 +60,7 @@ class ModelPersistence:
             "history": self.history,
             "is_trained": self.is_trained,
             "extra": {**self.extra, **(extra or {})},
+            "library_sizes": dict(getattr(self, "library_sizes", {})),
         }
         if include_training_state and self.training_state is not None:
             payload["training_state"] = _to_cpu(self.training_state.to_dict())
@@ -174,6 +176,7 @@ class ModelPersistence:
         self.history = payload.get("history", {})
         self.is_trained = payload.get("is_trained", True)
         self.extra = payload.get("extra", {})
+        self.library_sizes = dict(payload.get("library_sizes", {}))
         ts = payload.get("training_state")
         self.training_state = TrainingState.from_dict(ts) if ts else None
         return self

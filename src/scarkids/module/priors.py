@@ -89,6 +89,13 @@ class GaussianPrior(nn.Module):
         """Nothing to train: zeros ``(n,)``."""
         return torch.zeros(z0.shape[0], device=z0.device, dtype=z0.dtype)
 
+    @torch.no_grad()
+    def sample(self, label_index, *, n_steps=None, generator=None) -> torch.Tensor:
+        """Draw ``(n, d)`` codes from ``N(0, I)`` (``label_index`` (n,) sets n and the
+        device; ``n_steps`` is unused)."""
+        shape = (label_index.shape[0], self.n_latent)
+        return torch.randn(shape, device=label_index.device, generator=generator)
+
 
 class MixturePrior(nn.Module):
     """``p(z0 | c) = N(mu_c, diag sigma_c^2)``, one learned Gaussian per cell type.
@@ -198,3 +205,12 @@ class MixturePrior(nn.Module):
         """``-log p(z0 | c)`` of (detached) codes, ``(n,)``: maximum likelihood for the
         means and variances (the ``"split"`` mode's prior training)."""
         return self._nll(z0, label_index, self.mean, self.log_std, False)
+
+    @torch.no_grad()
+    def sample(self, label_index, *, n_steps=None, generator=None) -> torch.Tensor:
+        """Draw ``z0 ~ N(mu_c, diag sigma_c^2)``: ``(n, d)`` for ``label_index`` (n,)
+        (``n_steps`` is unused)."""
+        noise = torch.randn(
+            (label_index.shape[0], self.n_latent), device=label_index.device, generator=generator
+        )
+        return self.mean[label_index] + self.log_std[label_index].exp() * noise

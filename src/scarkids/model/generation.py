@@ -1,0 +1,253 @@
+"""New cells from the model: codes drawn from the prior of a cell type, decoded as a batch.
+
+A mixin of :class:`scarkids.model.SCARKIDS`; it uses the model's ``module``, ``registry``,
+``device`` and ``library_sizes`` (the log-normal fit of the library sizes of each batch,
+made when the model is trained on that batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from scarkids.constants import LABEL_OFFSET
+from scarkids.distributions.counts import sample_counts
+from scarkids.errors import InputDataError
+
+Names = str | Sequence[str] | None
+
+
+def library_fit(library: np.ndarray, batch: np.ndarray, names: Sequence[str]) -> dict:
+    """Log-normal fit of the library sizes of each batch present.
+
+    Parameters
+    ----------
+    library
+        ``(n_cells,)`` total counts per cell.
+    batch
+        ``(n_cells,)`` batch codes (indices into ``names``).
+    names
+        The batch names.
+
+    Returns
+    -------
+    dict
+        ``{batch name: [mean of log library, sd of log library, number of cells]}`` for each
+        batch with cells.
+    """
+    log_lib = np.log(np.clip(np.asarray(library, dtype=np.float64), 1.0, None))
+    out = {}
+    for code in np.unique(batch):
+        v = log_lib[batch == code]
+        out[str(names[code])] = [float(v.mean()), float(v.std()), int(v.size)]
+    return out
+
+
+class ModelGeneration:
+    """:meth:`generate` (see :class:`SCARKIDS`)."""
+
+    def _requests(self, n_cells, cell_type, batch) -> list[tuple[int, int, int]]:
+        """``[(label code, batch code, number of cells), ...]`` from generate's arguments
+        (label codes index all the model's labels; only those in use can be asked for)."""
+        types = self.label_names
+        batches = self.registry.batch_categories
+
+        def code(name, known: list[str], what: str) -> int:
+            if str(name) not in known:
+                shown = ", ".join(map(repr, known[:12])) + (" ..." if len(known) > 12 else "")
+                raise InputDataError(f"{what} {name!r} is not one of the model's: {shown}")
+            return known.index(str(name))
+
+        def names(value, known: list[str]) -> list:
+            if value is None:
+                return list(known)
+            return [value] if isinstance(value, str) else list(value)
+
+        if isinstance(cell_type, Mapping):
+            if n_cells is not None:
+                raise InputDataError("give n_cells or a dict of counts per cell type, not both")
+            pairs = []
+            for key, n in cell_type.items():
+                if isinstance(key, tuple):
+                    if batch is not None:
+                        raise InputDataError(
+                            "cell_type is a dict per (type, batch): leave batch unset"
+                        )
+                    pairs.append((key[0], key[1], n))
+                else:
+                    pairs += [(key, b, n) for b in names(batch, batches)]
+        else:
+            if n_cells is None:
+                raise InputDataError("n_cells is needed (cells per cell type and batch)")
+            pairs = [
+                (t, b, n_cells) for t in names(cell_type, types) for b in names(batch, batches)
+            ]
+        out = []
+        for t, b, n in pairs:
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+                raise InputDataError(f"the number of cells must be a whole number >= 0, got {n!r}")
+            label = self.registry.label_categories.index(types[code(t, types, "cell type")])
+            out.append((label, code(b, batches, "batch"), int(n)))
+        if sum(n for *_, n in out) == 0:
+            raise InputDataError("nothing to generate: every requested count is 0")
+        return out
+
+    def _library_draws(self, b: int, n: int, library_size, rng) -> np.ndarray:
+        if library_size is not None:
+            if not np.isfinite(library_size) or library_size <= 0:
+                raise InputDataError(f"library_size must be positive, got {library_size!r}")
+            return np.full(n, float(library_size))
+        name = self.registry.batch_categories[b]
+        fit = self.library_sizes.get(name)
+        if fit is None:
+            raise InputDataError(
+                f"no library sizes recorded for batch {name!r} (the model was saved before "
+                "they were, or never trained on that batch): pass library_size"
+            )
+        return np.exp(rng.normal(fit[0], fit[1], n))
+
+    @torch.no_grad()
+    def _draw_codes(self, label: int, n: int, n_steps, seed: tuple, batch_size: int):
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+        out = []
+        for start in range(0, n, batch_size):
+            m = min(batch_size, n - start)
+            lab = torch.full((m,), label + LABEL_OFFSET, device=self.device, dtype=torch.long)
+            out.append(self.module.prior.sample(lab, n_steps=n_steps, generator=gen))
+        return torch.cat(out) if out else torch.zeros((0, self.module.n_latent))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        n_cells: int | None = None,
+        *,
+        cell_type: Names | Mapping = None,
+        batch: Names = None,
+        library_size: float | None = None,
+        n_steps: int | None = None,
+        paired: bool = True,
+        seed: int = 0,
+        batch_size: int = 4096,
+    ):
+        """New cells: codes ``z0 ~ p(z0 | c)`` decoded to counts as batch ``b`` would measure.
+
+        Each cell's counts are drawn from the decoder's ZINB (or NB) at its code, its batch
+        and a library size (by default drawn from the log-normal fit of that batch's
+        observed library sizes). Work is done in chunks of ``batch_size`` cells on the
+        model's device.
+
+        Parameters
+        ----------
+        n_cells
+            Cells per (cell type, batch) pair; leave it ``None`` when ``cell_type`` is a dict
+            of counts.
+        cell_type
+            A cell type name (for an unsupervised model: a cluster of :attr:`label_names`), a
+            list of them, ``None`` (every type), or a dict of counts: ``{type: n}`` (n cells
+            of the type in each batch of ``batch``) or ``{(type, batch): n}``.
+        batch
+            A batch name, a list of them, or ``None`` (every batch of the model).
+        library_size
+            Total counts each cell's mean expression sums to; ``None`` draws one per cell
+            from its batch's log-normal fit.
+        n_steps
+            Reverse diffusion steps: ``None`` runs the full chain; fewer than the model's
+            diffusion steps use the strided DDIM sampler (faster). Unused by the gaussian and
+            mixture priors.
+        paired
+            Cells of one type share their codes across batches (the first n codes of the
+            type), so that the batches' cells are counterfactual copies of one another:
+            the same cells as each batch would have measured them. ``False`` draws the codes
+            of each (type, batch) pair independently.
+        seed
+            Seed of the codes, library sizes and counts: the same seed gives the same cells.
+        batch_size
+            Cells sampled and decoded at a time.
+
+        Returns
+        -------
+        anndata.AnnData
+            ``X``: CSR float32 integer counts, ``(n_cells, n_genes)``, genes in the model's
+            order (``var_names``); ``obs``: the cell type (under the model's labels key, or
+            ``cell_type``), the batch (under the model's batch key) and ``library_size``;
+            ``obsm["X_scarkids"]``: the codes ``(n_cells, n_latent)`` float32.
+
+        Raises
+        ------
+        InputDataError
+            For an unknown cell type or batch, a negative or non-integer count, nothing to
+            generate, a bad ``n_steps`` or ``library_size``, or a batch without recorded
+            library sizes when ``library_size`` is ``None``.
+        """
+        import anndata as ad
+
+        requests = self._requests(n_cells, cell_type, batch)
+        n_prior_steps = getattr(self.module.prior, "n_steps", None)
+        if n_steps is not None and n_prior_steps is not None:
+            if not 1 <= n_steps <= n_prior_steps:
+                raise InputDataError(
+                    f"n_steps must be between 1 and the model's {n_prior_steps} diffusion "
+                    f"steps, got {n_steps}"
+                )
+        self.module.eval()
+        rng = np.random.default_rng([seed, 1])
+        codes: dict = {}
+        if paired:  # one draw per type, as long as its largest request
+            for t in {t for t, _, _ in requests}:
+                longest = max(n for t_, _, n in requests if t_ == t)
+                codes[t] = self._draw_codes(t, longest, n_steps, [seed, t], batch_size)
+        rows, zs, obs = [], [], []
+        for t, b, n in requests:
+            if n == 0:
+                continue
+            z_all = (
+                codes[t][:n]
+                if paired
+                else self._draw_codes(t, n, n_steps, [seed, t, b + 1], batch_size)
+            )
+            lib = self._library_draws(b, n, library_size, rng)
+            for start in range(0, n, batch_size):
+                z = z_all[start : start + batch_size]
+                bi = torch.full((z.shape[0],), b, device=self.device, dtype=torch.long)
+                log_l = torch.as_tensor(
+                    np.log(lib[start : start + batch_size]), device=self.device
+                ).float()
+                g = self.module.generative(z, bi, log_l)
+                x = sample_counts(g["log_mu"], g["log_theta"], g["dropout_logits"], rng)
+                rows.append(sp.csr_matrix(x))
+            zs.append(z_all.float().cpu().numpy())
+            obs.append(pd.DataFrame({"t": t, "b": b, "library_size": lib}))
+        return self._generated_anndata(ad, rows, zs, obs, seed, n_steps)
+
+    def _generated_anndata(self, ad, rows, zs, obs, seed, n_steps):
+        frame = pd.concat(obs, ignore_index=True)
+        types = np.asarray(self.registry.label_categories, dtype=object)
+        batches = np.asarray(self.registry.batch_categories, dtype=object)
+        label_key = self.registry.labels_key or "cell_type"
+        obs_df = pd.DataFrame(
+            {
+                label_key: pd.Categorical(types[frame["t"]], categories=self.label_names),
+                self.registry.batch_key: pd.Categorical(
+                    batches[frame["b"]], categories=list(batches)
+                ),
+                "library_size": frame["library_size"].to_numpy(np.float32),
+            },
+            index=[f"generated_{i}" for i in range(len(frame))],
+        )
+        out = ad.AnnData(
+            X=sp.vstack(rows).tocsr().astype(np.float32),
+            obs=obs_df,
+            var=pd.DataFrame(index=list(self.registry.gene_names)),
+        )
+        out.obsm["X_scarkids"] = np.concatenate(zs).astype(np.float32)
+        out.uns["scarkids_generate"] = {
+            "seed": seed,
+            "prior": self.module.prior_type,
+            "n_steps": -1 if n_steps is None else int(n_steps),
+        }
+        return out
