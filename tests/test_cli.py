@@ -185,12 +185,17 @@ def check_outputs(out: Path, test: ad.AnnData, latent_dim: int = 4) -> ad.AnnDat
     assert latent.shape == (test.n_obs, latent_dim) and latent.dtype == np.float32
     table = pd.read_csv(out / "cell_type_predictions.csv")
     assert list(table.columns[:4]) == ["cell_id", "predicted_label", "probability", "entropy"]
+    assert {"novelty", "unknown"} <= set(table.columns)
+    assert table["unknown"].dtype == bool and np.isfinite(table["novelty"]).all()
+    assert (table["predicted_label"][table["unknown"]] == "unknown").all()
     assert table["cell_id"].tolist() == test.obs_names.tolist()
     corrected = ad.read_h5ad(out / "corrected_expression.h5ad")
     assert corrected.obs_names.tolist() == test.obs_names.tolist()
     assert corrected.shape == (test.n_obs, 100)
     assert corrected.obsm["X_scarkids"].shape == (test.n_obs, latent_dim)
     assert "predicted_label" in corrected.obs and "batch" in corrected.obs
+    np.testing.assert_allclose(corrected.obs["novelty"], table["novelty"], rtol=1e-5)
+    assert corrected.obs["unknown"].tolist() == table["unknown"].tolist()
     assert (out / "run_info.json").exists()
     return corrected
 
@@ -238,6 +243,16 @@ def test_inference_bad_target_batch_writes_nothing(model_dir, capsys, monkeypatc
     rc, _, err = run(["infer", "--config", "bad_target.yaml", "--output_dir", "none"], capsys)
     assert rc == 2 and "batch_9" in err and "batch_0" in err
     assert not (model_dir / "none").exists()
+
+
+@pytest.mark.parametrize("quantile", [0, 1, 1.5, -0.2])
+def test_inference_bad_novelty_quantile_is_one_line(model_dir, capsys, monkeypatch, quantile):
+    monkeypatch.chdir(model_dir)
+    write_config(model_dir / "bad_q.yaml", inference={"novelty_quantile": quantile})
+    rc, _, err = run(["infer", "--config", "bad_q.yaml", "--output_dir", "q_out"], capsys)
+    assert rc == 2 and "inference.novelty_quantile" in err
+    assert err.strip().count("\n") == 0
+    assert not (model_dir / "q_out").exists()
 
 
 def test_inference_unseen_batch_is_named(model_dir, capsys, monkeypatch):

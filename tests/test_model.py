@@ -184,8 +184,17 @@ def test_corrected_expression_and_predictions(supervised_model):
     own = supervised_model.get_normalized_expression(return_numpy=True)
     assert not np.allclose(own, expr.to_numpy())
     table = supervised_model.predict_with_uncertainty(confidence_threshold=0.5)
-    assert list(table.columns) == ["predicted_label", "top_label", "probability", "entropy"]
+    assert list(table.columns) == [
+        "predicted_label",
+        "top_label",
+        "probability",
+        "entropy",
+        "novelty",
+        "unknown",
+    ]
     assert (table["probability"] <= 1).all() and (table["entropy"] >= 0).all()
+    # about 1% of the known cells are above the validation cells' 99th novelty percentile
+    assert table["unknown"].mean() < 0.05
     with pytest.raises(scarkids.InputDataError, match="not a batch"):
         supervised_model.get_normalized_expression(transform_batch="nope")
 

@@ -119,8 +119,16 @@ def _compute(cfg, run: _Run, timer: _Timer) -> dict[str, Any]:
         timer.lap("refine")
         log.info("Refined the latent with %d denoising steps", inf["n_refinement_steps"])
     predictions = model.predict_with_uncertainty(
-        adata, confidence_threshold=inf["confidence_threshold"], latent=latent
+        adata,
+        confidence_threshold=inf["confidence_threshold"],
+        novelty_quantile=inf["novelty_quantile"],
+        latent=latent,
     )
+    if (
+        inf["novelty_quantile"] is not None
+        and model.novelty_threshold(inf["novelty_quantile"]) is None
+    ):
+        log.info("The checkpoint has no validation novelty: cells are flagged by probability only")
     predictions.index = adata.obs_names
     timer.lap("predict")
     return {"latent": latent, "refined": refined, "predictions": predictions}
@@ -135,7 +143,9 @@ def _write_outputs(cfg, run: _Run, outputs: dict, timer: _Timer) -> list[Path]:
     if inf["save_latent_embeddings"]:
         written.append(_write_npy(out_dir / LATENT_FILE, embedding.astype(np.float32)))
     if inf["save_cell_type_predictions"]:
-        table = predictions[["predicted_label", "probability", "entropy", "top_label"]]
+        table = predictions[
+            ["predicted_label", "probability", "entropy", "top_label", "novelty", "unknown"]
+        ]
         table = table.rename_axis("cell_id").reset_index()
         written.append(
             write_atomic(out_dir / PREDICTIONS_FILE, lambda tmp: table.to_csv(tmp, index=False))
@@ -263,6 +273,8 @@ def _expression_adata(adata, model, latent, refined, predictions):
     obs["predicted_label"] = predictions["predicted_label"].astype(str).to_numpy()
     obs["prediction_probability"] = predictions["probability"].to_numpy(dtype=np.float32)
     obs["prediction_entropy"] = predictions["entropy"].to_numpy(dtype=np.float32)
+    obs["novelty"] = predictions["novelty"].to_numpy(dtype=np.float32)
+    obs["unknown"] = predictions["unknown"].to_numpy(dtype=bool)
     out = ad.AnnData(
         obs=obs,
         var=pd.DataFrame(index=pd.Index(model.registry.gene_names, name="gene")),

@@ -27,6 +27,7 @@ from scarkids.model.generation import ModelGeneration, library_fit
 from scarkids.model.outputs import ModelOutputs
 from scarkids.model.persistence import ModelPersistence
 from scarkids.model.surgery import ReferenceMapping
+from scarkids.model.uncertainty import ModelUncertainty
 from scarkids.module.vae import SCARKIDSModule
 from scarkids.train import distributed
 from scarkids.train.device import resolve_device
@@ -83,7 +84,7 @@ def _epoch_budget(max_epochs: int | None, n_cells: int, name: str, progress_bar:
 _TRAIN = TrainingSettings()
 
 
-class SCARKIDS(ModelOutputs, ModelGeneration, ReferenceMapping, ModelPersistence):
+class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping, ModelPersistence):
     """scARKIDS: a VAE with a cell-type-conditioned latent diffusion prior.
 
     Parameters
@@ -152,6 +153,8 @@ class SCARKIDS(ModelOutputs, ModelGeneration, ReferenceMapping, ModelPersistence
         self.extra: dict = {}
         #: per batch name: [mean, sd, n] of the log library sizes it was trained on
         self.library_sizes: dict[str, list[float]] = {}
+        #: the classifier's temperature and the validation cells' novelty (sorted)
+        self.calibration: dict = {}
 
     # ------------------------------------------------------------ AnnData setup
     @staticmethod
@@ -483,6 +486,7 @@ class SCARKIDS(ModelOutputs, ModelGeneration, ReferenceMapping, ModelPersistence
         )
         self.history = self.training_state.history
         self.is_trained = True
+        self._calibrate(data, fit_reference=trainable is None, seed=seed)
         return self
 
     def _training_data(

@@ -202,7 +202,7 @@ class ModelOutputs:
         if latent is None:
             latent = self.get_latent_representation(adata, batch_size=batch_size)
         z = torch.as_tensor(latent, device=self.device)
-        probs = self.module.label_log_probs(z).exp()
+        probs = self.module.label_log_probs(z, self.temperature).exp()
         if in_use_only and self.registry.labels_are_clusters:  # only the clusters in use
             probs = probs[:, self.module.labels_in_use()]
             probs = probs / probs.sum(1, keepdim=True)
@@ -260,11 +260,17 @@ class ModelOutputs:
         adata=None,
         *,
         confidence_threshold: float = 0.5,
+        novelty_quantile: float | None = 0.99,
         unknown_label: str = "unknown",
         latent: np.ndarray | None = None,
     ) -> pd.DataFrame:
-        """Per cell: ``predicted_label`` (``unknown_label`` when the top probability is below
-        ``confidence_threshold``), ``top_label``, ``probability`` and ``entropy`` (nats).
+        """Per cell: the label, its calibrated probability, the prior's novelty, and whether
+        the cell is ``unknown`` (improbable under every cell type, or not confidently any).
+
+        A cell is ``unknown`` when its novelty (:meth:`novelty`) exceeds the
+        ``novelty_quantile`` of the validation cells' (:meth:`novelty_threshold`; about 1%
+        of known cells at 0.99) or its top probability is below ``confidence_threshold``.
+        The probabilities are temperature-scaled (:attr:`temperature`).
 
         Parameters
         ----------
@@ -274,9 +280,13 @@ class ModelOutputs:
             model's by name and its batches must be known to the model. ``None`` uses the
             AnnData the model was created or loaded with.
         confidence_threshold
-            Smallest top probability for which ``predicted_label`` is the top label.
+            Smallest top probability of a cell that is not ``unknown``.
+        novelty_quantile
+            Quantile of the validation cells' novelty above which a cell is ``unknown``,
+            strictly between 0 and 1; ``None`` (or a model without validation novelty)
+            leaves the novelty out of the decision.
         unknown_label
-            ``predicted_label`` of the cells below ``confidence_threshold``.
+            ``predicted_label`` of the ``unknown`` cells.
         latent
             ``(n_cells, n_latent)`` codes from :meth:`get_latent_representation`, which saves
             encoding the cells again; ``None`` encodes them (4096 cells at a time).
@@ -285,20 +295,30 @@ class ModelOutputs:
         -------
         pandas.DataFrame
             Indexed by ``adata.obs_names``, with columns ``predicted_label``, ``top_label``,
-            ``probability`` (of the top label) and ``entropy`` (of ``q(c | z0)``, nats).
+            ``probability`` (of the top label), ``entropy`` (of ``q(c | z0)``, nats),
+            ``novelty`` (nats) and ``unknown`` (bool).
         """
+        threshold = self.novelty_threshold(novelty_quantile)
         adata_ = self.adata if adata is None else adata
-        probs = self._label_probs(adata_, latent=latent)
+        if latent is None:
+            latent = self.get_latent_representation(adata_)
+        probs = self._label_probs(latent=latent)
         names = np.asarray(self.label_names, dtype=object)
         top = probs.argmax(1)
         p = probs[np.arange(len(top)), top]
         entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(1)
+        novelty = self.novelty(latent=latent)  # the draws the threshold was set with
+        unknown = p < confidence_threshold
+        if threshold is not None:
+            unknown |= novelty > threshold
         return pd.DataFrame(
             {
-                "predicted_label": np.where(p >= confidence_threshold, names[top], unknown_label),
+                "predicted_label": np.where(unknown, unknown_label, names[top]),
                 "top_label": names[top],
                 "probability": p,
                 "entropy": entropy,
+                "novelty": novelty,
+                "unknown": unknown,
             },
             index=adata_.obs_names,
         )

@@ -480,20 +480,22 @@ class SCARKIDSModule(nn.Module):
 
     # ---------------------------------------------------------- predictions
     @torch.no_grad()
-    def label_log_probs(self, z: torch.Tensor) -> torch.Tensor:
+    def label_log_probs(self, z: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """``log q(c | z0)`` of the classifier, without gradients.
 
         Parameters
         ----------
         z
             ``(n, d)`` latent codes.
+        temperature
+            The logits are divided by it before the softmax (temperature scaling).
 
         Returns
         -------
         torch.Tensor
             ``(n, C)`` log probabilities over all labels.
         """
-        return F.log_softmax(self.classifier(z), dim=-1)
+        return F.log_softmax(self.classifier(z) / temperature, dim=-1)
 
     # -------------------------------------------------------------- surgery
     def extend_batches(self, n_new: int) -> None:
