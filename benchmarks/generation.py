@@ -224,7 +224,7 @@ def plot(name: str, test, gen) -> None:
     sc.pp.pca(both, n_comps=N_PCS, random_state=0)
     sc.pp.neighbors(both, random_state=0)
     sc.tl.umap(both, random_state=0)
-    fig = sc.pl.umap(both, color=["source", "cell_type"], return_fig=True, show=False)
+    fig = sc.pl.umap(both, color=["source", "cell_type"], wspace=0.45, return_fig=True, show=False)
     fig.savefig(OUT / f"generation_{name}.png", dpi=110, bbox_inches="tight")
 
 

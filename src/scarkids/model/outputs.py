@@ -10,10 +10,14 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from scarkids.constants import LABEL_OFFSET
 from scarkids.errors import InputDataError
+
+#: cells per chunk of the sparse CPU encoder (larger chunks fall out of the caches)
+CSR_CHUNK = 1024
 
 
 class ModelOutputs:
@@ -52,14 +56,52 @@ class ModelOutputs:
             ``(n_cells, n_latent)`` float32, one row per cell of ``adata`` in its order.
         """
         self.module.eval()
-        out = []
-        for _, x, b in self._chunks(adata, batch_size):
-            inf = self.module.inference(x, b, sample=not give_mean)
-            out.append(inf["z"].float().cpu().numpy())
-        z = np.concatenate(out, 0)
+        z = np.empty((self._n_obs(adata), self.module.n_latent), dtype=np.float32)
+        for sl, mean, std in self._encoded(adata, batch_size):
+            if not give_mean:
+                mean = mean + std * torch.randn(mean.shape, device=mean.device)
+            z[sl] = mean.float().cpu().numpy()
         if key_added is not None:
             (self.adata if adata is None else adata).obsm[key_added] = z
         return z
+
+    def _n_obs(self, adata) -> int:
+        return (self.adata if adata is None else adata).n_obs
+
+    @torch.no_grad()
+    def _encoded(
+        self, adata, batch_size: int
+    ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+        """``(cell slice, mean, std)`` of ``q(z0 | x)`` chunk by chunk. On a CPU the counts
+        stay sparse (:meth:`~scarkids.nn.Encoder.forward_csr`); elsewhere they are made
+        dense on the device."""
+        if self.device.type != "cpu":
+            for sl, x, b in self._chunks(adata, batch_size):
+                inf = self.module.inference(x, b, sample=False)
+                yield sl, inf["qz_mean"], inf["qz_std"]
+            return
+        adata = self.adata if adata is None else adata
+        X, batch, _ = self._encode(adata, labels="ignore")
+        encoder, n_genes = self.module.encoder, len(self.registry.gene_names)
+        step = min(batch_size, CSR_CHUNK)  # small chunks stay in the caches
+        for start in range(0, adata.n_obs, step):
+            sl = slice(start, min(start + step, adata.n_obs))
+            if isinstance(X, sp.csr_matrix):  # views of the rows' arrays, no copy
+                lo, hi = X.indptr[sl.start], X.indptr[sl.stop]
+                indptr, indices, data = (
+                    X.indptr[sl.start : sl.stop + 1] - lo,
+                    X.indices[lo:hi],
+                    X.data[lo:hi],
+                )
+            else:
+                c = X[sl]
+                indptr, indices, data = c.indptr, c.indices, c.data
+            index = np.int64 if data.size >= 2**31 else np.int32
+            values = torch.as_tensor(encoder.transform_csr(indptr, data))
+            crow = torch.as_tensor(indptr.astype(index, copy=False))
+            col = torch.as_tensor(indices.astype(index, copy=False))
+            b = torch.as_tensor(batch[sl])
+            yield sl, *encoder.forward_csr(crow, col, values, n_genes, b)
 
     def _batch_indices(self, transform_batch) -> list[int] | None:
         if transform_batch is None:
@@ -122,22 +164,19 @@ class ModelOutputs:
         """
         targets = self._batch_indices(transform_batch)
         self.module.eval()
-        # with a latent given only the batch codes are needed, not the counts
-        for sl, x, b in self._chunks(adata, batch_size, counts=latent is None):
-            z = (
-                torch.as_tensor(latent[sl], device=self.device)
-                if latent is not None
-                else self.module.inference(x, b, sample=False)["z"]
-            )
+        if latent is None:  # encoded first (sparse on CPUs); then only the batches are read
+            latent = self.get_latent_representation(adata)
+        decoder = self.module.decoder
+        for sl, _, b in self._chunks(adata, batch_size, counts=False):
+            z = torch.as_tensor(latent[sl], device=self.device)
             if targets is None:
-                rho = self.module.generative(z, b, None)["log_rho"].exp()
+                rho = decoder.normalized_expression(z, b)
             else:
-                rho = torch.zeros((z.shape[0], len(self.registry.gene_names)), device=z.device)
-                for t in targets:
-                    bt = torch.full_like(b, t)
-                    rho += self.module.generative(z, bt, None)["log_rho"].exp()
+                rho = decoder.normalized_expression(z, torch.full_like(b, targets[0]))
+                for t in targets[1:]:
+                    rho += decoder.normalized_expression(z, torch.full_like(b, t))
                 rho /= len(targets)
-            yield sl, (rho * library_size).float().cpu().numpy()
+            yield sl, rho.mul_(library_size).float().cpu().numpy()
 
     def get_normalized_expression(
         self,

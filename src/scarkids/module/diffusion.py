@@ -125,10 +125,37 @@ class NoisePredictor(nn.Module):
             h = (h[:, None, :] + self.label(label_index)[None, :, :]).flatten(0, 1)
         else:
             h = h + self.label(label_index)
+        out = self._trunk(h)
+        return out.view(z_t.shape[0], -1, out.shape[-1]) if every_label else out
+
+    def _trunk(self, h: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             h = h + block(h)
-        out = self.output(h)
-        return out.view(z_t.shape[0], -1, out.shape[-1]) if every_label else out
+        return self.output(h)
+
+    def at_step(self, z_t: torch.Tensor, step: int, label_h: torch.Tensor) -> torch.Tensor:
+        """``eps_psi(z_t, step, c)`` with one step for every row and the label embedding
+        ``label_h = self.label(label_index)`` (n, hidden) computed once by the caller: the
+        reverse chains' form, where the step embedding is one row, not n.
+
+        Parameters
+        ----------
+        z_t
+            ``(n, d)`` codes at ``step``.
+        step
+            The diffusion step, 1..T, shared by every row.
+        label_h
+            ``(n, hidden)`` label embeddings of the rows.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n, d)`` predicted noise (equal to :meth:`forward` with ``t`` filled with
+            ``step``).
+        """
+        t = torch.full((1,), step, device=z_t.device, dtype=torch.long)
+        time_h = self.time(timestep_embedding(t, self.timestep_embed_dim))
+        return self._trunk(self.input(z_t) + time_h + label_h)
 
 
 class DiffusionPrior(nn.Module):
@@ -401,10 +428,9 @@ class DiffusionPrior(nn.Module):
             ``(n, d)`` codes ``z_0``.
         """
         z = z_start
-        n = z.shape[0]
+        label_h = self.net.label(label_index)  # the same at every step
         for step in range(start_step, 0, -1):
-            t = torch.full((n,), step, device=z.device, dtype=torch.long)
-            eps_hat = self.net(z, t, label_index)
+            eps_hat = self.net.at_step(z, step, label_h)
             i = step - 1
             mean = (z - self.betas[i] / (1 - self.abar[i]).sqrt() * eps_hat) / self.alphas[i].sqrt()
             if step > 1:
@@ -523,10 +549,9 @@ class DiffusionPrior(nn.Module):
         steps = sorted(
             {round(s) for s in torch.linspace(self.n_steps, 1, n_steps).tolist()}, reverse=True
         )
-        z, n = z_T, z_T.shape[0]
+        z, label_h = z_T, self.net.label(label_index)
         for k, step in enumerate(steps):
-            t = torch.full((n,), step, device=z.device, dtype=torch.long)
-            eps_hat = self.net(z, t, label_index)
+            eps_hat = self.net.at_step(z, step, label_h)
             abar = self.abar[step - 1]
             z0_hat = (z - (1 - abar).sqrt() * eps_hat) / abar.sqrt()
             if k + 1 == len(steps):
