@@ -9,8 +9,10 @@ CEL-seq2_5cl plates, query = CEL-seq2_3cl or Drop-seq_3cl, each of H1975, H2228 
 left out of the reference in turn. Both methods get the same 2000 seurat_v3 HVGs (of the
 reference cells), the same reference cells with labels, the same query cells without.
 
-- scARKIDS: supervised reference (defaults), ``load_query_data`` and an unsupervised query
-  session (the sessions path); ``predict_with_uncertainty``: novelty, calibrated probability,
+- scARKIDS: supervised reference (defaults, but ``encode_batch=True``: the setting for
+  reference mapping, as scArches' for scVI, so that a query session learns its new
+  batches' offsets in the encoder too and the query's known cells land on the reference's
+  types), ``load_query_data`` and an unsupervised query session (the sessions path); ``predict_with_uncertainty``: novelty, calibrated probability,
   entropy, ``unknown`` at the default threshold (99th percentile of the validation cells'
   novelty, probability 0.5).
 - scANVI: scVI defaults -> ``from_scvi_model`` 20 epochs -> ``load_query_data`` + 100 query
@@ -95,7 +97,7 @@ def run_scarkids(ref, query, seed: int) -> dict:
     from scarkids import SCARKIDS
 
     SCARKIDS.setup_anndata(ref, batch_key="batch", labels_key="cell_type")
-    model = SCARKIDS(ref, seed=seed)
+    model = SCARKIDS(ref, seed=seed, encode_batch=True)
     model.train(seed=seed, progress_bar=False)
     q = query.copy()
     q.obs = q.obs[["batch"]].copy()
