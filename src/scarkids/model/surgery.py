@@ -76,6 +76,12 @@ class ReferenceMapping:
         The reference itself is not changed; the query's new batches are added to the copy
         when it is trained.
 
+        Build references for mapping with ``SCARKIDS(adata, encode_batch=True)`` (as
+        scArches advises for scVI): the query session then also learns its batches' offsets
+        in the encoder, so that the query's known cell types land on the reference's and the
+        prior's novelty flags the types the reference lacks (``benchmarks/uncertainty.py``:
+        on kang ctrl -> stim with B cells left out, known cells flagged 53% -> 7%).
+
         Parameters
         ----------
         adata_query
@@ -97,4 +103,9 @@ class ReferenceMapping:
         else:
             model = cls.load(reference, adata_query, device=device)
         model.adata = adata_query
+        if not model.init_params.get("encode_batch", False):
+            logger.info(
+                "this reference's encoder does not see the batch, so a query session cannot "
+                "adapt it: references for mapping map better with encode_batch=True"
+            )
         return model
