@@ -28,7 +28,6 @@ cells coloured by source and by type.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,9 @@ from integration import (  # noqa: E402
     git_state,
     load_dataset,
     log,
+    part_parser,
     read_runs,
+    ready_to_run,
     record_run,
 )
 
@@ -265,19 +266,8 @@ def write_table() -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", default="kang,pbmc")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--table", action="store_true", help="only rebuild the table")
-    args = parser.parse_args(argv)
-    if not args.table:
-        if not DATA_DIR.exists():
-            log(f"{DATA_DIR} not found: the shared datasets are needed; nothing to do")
-            return 0
-        import torch
-
-        torch.set_num_threads(args.threads)
+    args = part_parser(__doc__, "kang,pbmc").parse_args(argv)
+    if ready_to_run(args):
         for name in args.datasets.split(","):
             log(f"{name} seed {args.seed} ...")
             for row in run_dataset(name, args.seed):

@@ -298,6 +298,31 @@ def machine() -> str:
     return f"{n} CPU cores ({cpu}), torch threads 2, no GPU used"
 
 
+def part_parser(doc: str, datasets: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that runs in parts: ``--datasets``, ``--seed``,
+    ``--threads`` and ``--table`` (only rebuild the table from the recorded runs)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--datasets", default=datasets)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--table", action="store_true", help="only rebuild the table")
+    return parser
+
+
+def ready_to_run(args) -> bool:
+    """Whether to train: not with ``--table``, nor without the shared datasets (said so);
+    sets torch's CPU threads."""
+    if args.table:
+        return False
+    if not DATA_DIR.exists():
+        log(f"{DATA_DIR} not found: the shared datasets are needed; nothing to do")
+        return False
+    import torch
+
+    torch.set_num_threads(args.threads)
+    return True
+
+
 def read_runs(path: Path) -> list[dict]:
     """The run records of a JSON-lines results file (none when it does not exist)."""
     if not path.exists():

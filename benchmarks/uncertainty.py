@@ -27,7 +27,6 @@ its row) and ``benchmarks/results/uncertainty.md`` is rebuilt from all runs.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,14 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from integration import git_state, log, read_runs, record_run  # noqa: E402
+from integration import (  # noqa: E402
+    git_state,
+    log,
+    part_parser,
+    read_runs,
+    ready_to_run,
+    record_run,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "results"
@@ -222,21 +228,11 @@ def write_table() -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", default="kang,cellbench")
+    parser = part_parser(__doc__, "kang,cellbench")
     parser.add_argument("--methods", default="scARKIDS,scANVI")
     parser.add_argument("--splits", help="only the splits whose name contains this text")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--table", action="store_true", help="only rebuild the table")
     args = parser.parse_args(argv)
-    if not args.table:
-        if not DATA.exists():
-            log(f"{DATA} not found: the shared datasets are needed; nothing to do")
-            return 0
-        import torch
-
-        torch.set_num_threads(args.threads)
+    if ready_to_run(args):
         for name in args.datasets.split(","):
             for split, ref, query, left_out in splits(name):
                 if args.splits and args.splits not in split:
