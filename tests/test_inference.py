@@ -56,6 +56,10 @@ def test_softmax_decoder_equals_exp_log_rho(model):
         ref = model.module.generative(z, b, None)["log_rho"].exp()
         fast = model.module.decoder.normalized_expression(z, b)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        one = model.module.decoder.normalized_expression(z, b, batch=2)
+        ref2 = model.module.generative(z, torch.full((50,), 2), None)["log_rho"].exp()
+    torch.testing.assert_close(one, ref2, rtol=1e-5, atol=1e-7)
     expr = model.get_normalized_expression(
         transform_batch=["batch_0", "batch_1"], return_numpy=True
     )

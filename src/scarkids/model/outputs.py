@@ -172,9 +172,9 @@ class ModelOutputs:
             if targets is None:
                 rho = decoder.normalized_expression(z, b)
             else:
-                rho = decoder.normalized_expression(z, torch.full_like(b, targets[0]))
+                rho = decoder.normalized_expression(z, b, batch=targets[0])
                 for t in targets[1:]:
-                    rho += decoder.normalized_expression(z, torch.full_like(b, t))
+                    rho += decoder.normalized_expression(z, b, batch=t)
                 rho /= len(targets)
             yield sl, rho.mul_(library_size).float().cpu().numpy()
 

@@ -215,7 +215,9 @@ class Decoder(nn.Module):
         rows = n_batches if dispersion == "gene-batch" else 1
         self.log_theta = nn.Parameter(torch.zeros(rows, n_genes))
 
-    def normalized_expression(self, z: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+    def normalized_expression(
+        self, z: torch.Tensor, batch_index: torch.Tensor, batch: int | None = None
+    ) -> torch.Tensor:
         """``rho(z0, b)``: ``(n, G)`` expression shares, each row summing to 1 (one softmax,
         without the dispersion and dropout heads).
 
@@ -225,14 +227,25 @@ class Decoder(nn.Module):
             ``(n, d)`` latent codes.
         batch_index
             ``(n,)`` batch codes.
+        batch
+            One batch code for every row (then ``batch_index`` is unused and the batch's
+            gene offsets are one broadcast row instead of a gather); ``None``: per row.
 
         Returns
         -------
         torch.Tensor
             ``(n, G)`` float32.
         """
+        if batch is not None:
+            batch_index = torch.full((z.shape[0],), batch, device=z.device, dtype=torch.long)
+            offset = self.batch_gene_offset.weight[batch]
+        else:
+            offset = self.batch_gene_offset(batch_index)
         h = self.body(z, batch_index)
-        logits = wide_linear(self.scale, h, self.bf16) + self.batch_gene_offset(batch_index)
+        if self.bf16:
+            logits = wide_linear(self.scale, h, True) + offset
+        else:  # the offsets ride in the product's bias: no separate pass over (n, G)
+            logits = torch.addmm(self.scale.bias + offset, h, self.scale.weight.t())
         return torch.softmax(logits, dim=-1)
 
     def parameters_of(
