@@ -160,7 +160,7 @@ def cluster_latent(
     n_clusters: int,
     seed: int,
     chunk: int = 4096,
-    fit_cells: int = 100_000,
+    fit_cells: int = 20_000,
     align: bool = False,
 ) -> torch.Tensor:
     """Initial cluster labels (n_cells,) of every cell's latent mean, at most ``n_clusters``
