@@ -137,21 +137,11 @@ def real_vs_generated(pr: np.ndarray, pg: np.ndarray, seed: int) -> tuple[float,
 def decode(model, z: np.ndarray, batch_codes: np.ndarray, seed: int) -> np.ndarray:
     """Counts from the model's decoder at codes ``z`` and batches, library sizes drawn from
     each batch's log-normal fit (as ``SCARKIDS.generate`` does)."""
-    import torch
-
-    from scarkids.distributions.counts import sample_counts
-
     rng = np.random.default_rng([seed, 2])
     names = model.registry.batch_categories
     fit = np.array([model.library_sizes[names[b]][:2] for b in batch_codes])
     log_lib = rng.normal(fit[:, 0], fit[:, 1])
-    with torch.no_grad():
-        g = model.module.generative(
-            torch.as_tensor(z, dtype=torch.float32),
-            torch.as_tensor(batch_codes, dtype=torch.long),
-            torch.as_tensor(log_lib, dtype=torch.float32),
-        )
-        return sample_counts(g["log_mu"], g["log_theta"], g["dropout_logits"], rng)
+    return model.decode_counts(z, batch_codes, log_lib, rng)
 
 
 def run_dataset(name: str, seed: int) -> list[dict]:

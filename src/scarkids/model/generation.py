@@ -122,6 +122,35 @@ class ModelGeneration:
         return torch.cat(out) if out else torch.zeros((0, self.module.n_latent))
 
     @torch.no_grad()
+    def decode_counts(self, z, batch_index, log_library, rng) -> np.ndarray:
+        """Counts drawn from the decoder's ZINB (or NB) at codes ``z`` in batches
+        ``batch_index`` with log library sizes ``log_library``.
+
+        Parameters
+        ----------
+        z
+            ``(n, n_latent)`` codes (tensor or array).
+        batch_index
+            ``(n,)`` batch codes (tensor or array).
+        log_library
+            ``(n,)`` log total counts.
+        rng
+            :class:`numpy.random.Generator` of the draws.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n, n_genes)`` float32 non-negative integer counts.
+        """
+        dev = self.device
+        g = self.module.generative(
+            torch.as_tensor(z, dtype=torch.float32, device=dev),
+            torch.as_tensor(batch_index, dtype=torch.long, device=dev),
+            torch.as_tensor(log_library, dtype=torch.float32, device=dev),
+        )
+        return sample_counts(g["log_mu"], g["log_theta"], g["dropout_logits"], rng)
+
+    @torch.no_grad()
     def generate(
         self,
         n_cells: int | None = None,
@@ -214,12 +243,8 @@ class ModelGeneration:
             for start in range(0, n, batch_size):
                 z = z_all[start : start + batch_size]
                 bi = torch.full((z.shape[0],), b, device=self.device, dtype=torch.long)
-                log_l = torch.as_tensor(
-                    np.log(lib[start : start + batch_size]), device=self.device
-                ).float()
-                g = self.module.generative(z, bi, log_l)
-                x = sample_counts(g["log_mu"], g["log_theta"], g["dropout_logits"], rng)
-                rows.append(sp.csr_matrix(x))
+                log_l = np.log(lib[start : start + batch_size])
+                rows.append(sp.csr_matrix(self.decode_counts(z, bi, log_l, rng)))
             zs.append(z_all.float().cpu().numpy())
             obs.append(pd.DataFrame({"t": t, "b": b, "library_size": lib}))
         return self._generated_anndata(ad, rows, zs, obs, seed, n_steps)

@@ -168,17 +168,14 @@ class ModelUncertainty:
             raise InputDataError(f"n_draws must be at least 1, got {n_draws}")
         self.module.eval()
         z = self.get_latent_representation(adata) if latent is None else latent
-        exact = self.module.prior_type != "diffusion"  # gaussian and mixture: no draws
-        draws = [(1, 1.0, None)] if exact else self._novelty_draws(n_draws, seed)
+        if self.module.prior_type == "diffusion":
+            draws = self._novelty_draws(n_draws, seed)
+        else:  # gaussian and mixture are exact: one placeholder draw
+            draws = [(1, 1.0, torch.zeros(self.module.n_latent, device=self.device))]
         out = np.empty(z.shape[0], dtype=np.float32)
         for start in range(0, z.shape[0], batch_size):
             zt = torch.as_tensor(z[start : start + batch_size], device=self.device)
-            if exact:
-                zeros = torch.zeros_like(zt[0])
-                chunk_draws = [(1, 1.0, zeros)]
-            else:
-                chunk_draws = draws
-            out[start : start + zt.shape[0]] = self._novelty_of(zt, chunk_draws).cpu().numpy()
+            out[start : start + zt.shape[0]] = self._novelty_of(zt, draws).cpu().numpy()
         return out
 
     def novelty_threshold(self, quantile: float | None = 0.99) -> float | None:
