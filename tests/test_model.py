@@ -229,6 +229,26 @@ def test_default_learning_rate_scales_with_batch_size():
         assert model.history["learning_rate"][0] == pytest.approx(expected)
 
 
+def test_the_automatic_batch_size_follows_the_device_and_the_data(caplog):
+    import logging
+
+    from scarkids.train import default_batch_size
+
+    assert default_batch_size(1_000_000, "cpu") == 128
+    # on a GPU: the largest of 128 .. 4096 leaving 200 steps per epoch over 90% of the cells
+    sizes = {n: default_batch_size(n, "cuda") for n in (1_000, 60_000, 200_000, 10**6, 10**8)}
+    assert sizes == {1_000: 128, 60_000: 256, 200_000: 512, 10**6: 4096, 10**8: 4096}
+    for n, b in sizes.items():
+        assert b == 128 or 0.9 * n / b >= 200
+    adata = scarkids.datasets.simulate(400, 50, n_batches=2, n_cell_types=2, seed=0)
+    SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
+    model = SCARKIDS(adata, seed=0)
+    with caplog.at_level(logging.INFO, logger="scarkids"):
+        model.train(1, batch_size=None, progress_bar=False, device="cpu")
+    assert "batch size 128 (automatic, cpu)" in caplog.text
+    assert model.history["learning_rate"][0] == pytest.approx(1e-3)
+
+
 def test_the_automatic_epoch_budget_is_said(monkeypatch, caplog, capsys):
     """train() without max_epochs says how many epochs it chose and why."""
     import logging

@@ -112,6 +112,7 @@ class _Session:
     fingerprint: dict
     resume_hash: str
     n_epochs: int
+    batch_size: int
     learning_rate: float
     scheduler: str | None
     mode: str
@@ -142,7 +143,7 @@ def _prepare_session(cfg: dict, *, name: str, config_path: str, banner: str | No
     """Check paths, read and check the data files, decide the epoch budget."""
     from scarkids.model.base import SCARKIDS
     from scarkids.train.device import resolve_device
-    from scarkids.train.state import default_learning_rate
+    from scarkids.train.state import default_batch_size, default_learning_rate
 
     glob, data, tr = cfg["global"], cfg["data"], cfg["training"]
     device = resolve_device(tr["device"])
@@ -187,9 +188,12 @@ def _prepare_session(cfg: dict, *, name: str, config_path: str, banner: str | No
     resume_hash = training_hash(cfg)
     if base is not None:  # a session resumes only on top of the same starting weights
         resume_hash = f"{resume_hash}+{_weights_digest(base)}"
+    batch_size = tr["batch_size"]
+    if batch_size is None:
+        batch_size = default_batch_size(adata.n_obs, device.type)
     learning_rate = tr["learning_rate"]
     if learning_rate is None:
-        learning_rate = default_learning_rate(tr["batch_size"])
+        learning_rate = default_learning_rate(batch_size)
     return _Session(
         name=name,
         cfg=cfg,
@@ -204,6 +208,7 @@ def _prepare_session(cfg: dict, *, name: str, config_path: str, banner: str | No
         fingerprint=fingerprint(adata),
         resume_hash=resume_hash,
         n_epochs=_epoch_budget(tr, adata.n_obs),
+        batch_size=batch_size,
         learning_rate=learning_rate,
         scheduler=scheduler,
         mode=mode,
@@ -300,7 +305,7 @@ def _fit(session: _Session, model, resume_state, freeze_from, extra: dict, on_fi
     log.info(
         "Training %d epochs | batch size %d | learning rate %g | checkpoints in %s",
         session.n_epochs,
-        tr["batch_size"],
+        session.batch_size,
         session.learning_rate,
         session.ckpt_dir,
     )
@@ -310,7 +315,7 @@ def _fit(session: _Session, model, resume_state, freeze_from, extra: dict, on_fi
             session.n_epochs,
             adata=session.adata,
             validation_adata=session.val_adata,
-            batch_size=tr["batch_size"],
+            batch_size=session.batch_size,
             learning_rate=session.learning_rate,
             weight_decay=tr["weight_decay"],
             validation_fraction=data["val_fraction"],

@@ -170,7 +170,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "elbo": {},
     "training": {
         "n_epochs": Key("int", None, optional=True, ge=1, help="null = chosen from data size"),
-        "batch_size": Key("int", _TRAIN.batch_size, ge=2),
+        "batch_size": Key(
+            "int", _TRAIN.batch_size, optional=True, ge=2, help="null = 128 on CPUs, larger on GPUs"
+        ),
         "learning_rate": Key(
             "float", None, optional=True, gt=0, help="null = 1e-3 x sqrt(batch_size / 128)"
         ),

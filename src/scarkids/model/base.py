@@ -41,6 +41,7 @@ from scarkids.train.memory import releasing_memory
 from scarkids.train.settings import (
     CELL_PASSES,
     TrainingSettings,
+    default_batch_size,
     default_learning_rate,
     default_max_epochs,
 )
@@ -304,7 +305,7 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
         *,
         adata=None,
         validation_adata=None,
-        batch_size: int = _TRAIN.batch_size,
+        batch_size: int | None = _TRAIN.batch_size,
         learning_rate: float | None = None,
         weight_decay: float = _TRAIN.weight_decay,
         validation_fraction: float = 0.1,
@@ -366,6 +367,8 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
             cells off ``adata``.
         batch_size
             Cells per optimisation step (in a distributed run, shared by the processes).
+            ``None`` uses :func:`~scarkids.train.default_batch_size`: 128 on CPUs; on a GPU
+            the largest of 128, 256, ..., 4096 that leaves 200 steps per epoch.
         learning_rate
             AdamW learning rate; ``None`` uses the batch-scaled default described above.
         weight_decay
@@ -448,6 +451,9 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
             adata, validation_adata, supervised, validation_fraction, seed, chunk_cells
         )
         max_epochs = _epoch_budget(max_epochs, adata.n_obs, name, progress_bar)
+        if batch_size is None:
+            batch_size = default_batch_size(adata.n_obs, self.device.type)
+            logger.info("%s: batch size %d (automatic, %s)", name, batch_size, self.device.type)
         settings = TrainingSettings(
             max_epochs=max_epochs,
             batch_size=batch_size,

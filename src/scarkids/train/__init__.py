@@ -11,6 +11,7 @@ import importlib
 
 _LAZY = {
     "TrainingSettings": "settings",
+    "default_batch_size": "settings",
     "default_learning_rate": "settings",
     "default_max_epochs": "settings",
     "TrainingData": "state",

@@ -16,6 +16,7 @@ import torch
 from scarkids.train.settings import (  # noqa: F401 (re-exported)
     CELL_PASSES,
     TrainingSettings,
+    default_batch_size,
     default_learning_rate,
     default_max_epochs,
 )
