@@ -8,7 +8,8 @@
 All methods see the same counts (2000 genes), 90% of cells for training, 128 hidden units,
 10 latent dimensions, no early stopping; batch size and epochs are ``--batch_size`` and
 ``--epochs`` unless a method names its own: ``METHOD[+bf16][@BATCH][/EPOCHS]`` (``+bf16``:
-scARKIDS with mixed precision). On a CPU each (method, size) runs in its own process, so
+scARKIDS with mixed precision; ``auto`` as BATCH or EPOCHS, scARKIDS only: ``train()``'s own
+default, so ``scarkids-unsup@auto/auto`` is one ``train()`` with every default). On a CPU each (method, size) runs in its own process, so
 that peak RSS is that run's alone; on a GPU one process per peer (scVI, scARKIDS) reads the
 data once and trains its methods one after the other (peak GPU memory is then reported per
 method). The simulated counts are written to /tmp once per size (drawn on the GPU with
@@ -60,11 +61,16 @@ def data_file(n_cells: int, n_genes: int, seed: int) -> Path:
     return path
 
 
-def parse_method(spec: str, batch_size: int, epochs: int) -> tuple[str, int, int]:
-    """``METHOD[+OPTION][@BATCH][/EPOCHS]`` -> (method, batch size, epochs)."""
+def parse_method(spec: str, batch_size: int, epochs: int) -> tuple[str, int | None, int | None]:
+    """``METHOD[+OPTION][@BATCH][/EPOCHS]`` -> (method, batch size, epochs); ``auto`` for
+    either is ``None``: scARKIDS's own default (``default_batch_size``, ``default_max_epochs``)."""
     spec, _, e = spec.partition("/")
     name, _, b = spec.partition("@")
-    return name, int(b) if b else batch_size, int(e) if e else epochs
+
+    def value(text: str, default: int) -> int | None:
+        return None if text == "auto" else int(text) if text else default
+
+    return name, value(b, batch_size), value(e, epochs)
 
 
 def worker(specs: list[str], n_cells: int, args) -> list[dict]:
@@ -95,6 +101,12 @@ def worker(specs: list[str], n_cells: int, args) -> list[dict]:
             torch.cuda.reset_peak_memory_stats()
         inference = i == 0 and args.inference == "first"
         out = run_method(method, adata, batch_size, epochs, device, inference=inference, args=args)
+        if batch_size is None or epochs is None:  # every default of train(): as it chose them
+            from scarkids.train import default_batch_size, default_max_epochs
+
+            if batch_size is None:
+                batch_size = default_batch_size(n_cells, torch.device(device).type)
+            epochs = default_max_epochs(n_cells) if epochs is None else epochs
         cells = n_train * epochs
         if "steps" in out:  # scVI stopped at --scvi_max_steps
             cells = min(cells, out["steps"] * batch_size)
