@@ -89,3 +89,21 @@ def test_gpu_unsupervised_training_with_cluster_initialisation(adata):
     assert np.isfinite(model.history["val_loss"]).all()
     z = model.get_latent_representation()
     assert same_label_fraction(z, adata.obs["cell_type"].to_numpy()) > 0.85
+
+
+def test_gpu_training_picks_the_automatic_batch_size(caplog):
+    """On a GPU, ``batch_size=None`` is the largest of 128..4096 that leaves 200 steps per
+    epoch: 256 for 60,000 cells (``default_batch_size``), and the learning rate follows."""
+    import logging
+
+    from scarkids.train import default_batch_size, default_learning_rate
+
+    data = scarkids.datasets.simulate(60_000, 200, n_batches=2, n_cell_types=4, seed=1)
+    SCARKIDS.setup_anndata(data, batch_key="batch")
+    model = SCARKIDS(data, n_latent=8, seed=0)
+    with caplog.at_level(logging.INFO, logger="scarkids"):
+        model.train(1, batch_size=None, device="cuda", progress_bar=False)
+    expected = default_batch_size(60_000, "cuda")
+    assert expected == 256
+    assert f"batch size {expected} (automatic, cuda)" in caplog.text
+    assert model.history["learning_rate"][0] == pytest.approx(default_learning_rate(expected))
