@@ -15,6 +15,8 @@ cells by:
   owes to the cell's depth and profile (decoder scores);
 - the density ratio ``log p_query(z) / p_ref(z)`` from the distances to the 30th nearest
   query and reference code (where the query has cells the reference lacks);
+- where the left-out type lands (``lands on``): the reference type that most of its cells'
+  15 nearest reference codes have, with the share of its cells for which it is so;
 - the ceiling of any score computed from the query codes: 5-fold cross-validated AUROC of a
   15-NN classifier trained on the query codes *with* the true new / known labels.
 """
@@ -26,6 +28,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import uncertainty  # noqa: E402
@@ -87,6 +90,13 @@ def scores_of_split(
     d_query = NearestNeighbors(n_neighbors=31).fit(z).kneighbors(z)[0][:, -1]
     out["density ratio"] = z.shape[1] * (np.log(d_ref) - np.log(d_query))
     auroc = {k: roc_auc_score(is_new, v) for k, v in out.items()}
+    # where the left-out type lands: the reference type most of its cells' 15 nearest
+    # reference codes have, and the share of its cells with that majority
+    near = NearestNeighbors(n_neighbors=15).fit(zr).kneighbors(z[is_new])[1]
+    ref_types = ref.obs["cell_type"].astype(str).to_numpy()[near]
+    majority = pd.DataFrame(ref_types).mode(axis=1)[0]
+    top = majority.value_counts()
+    auroc["lands on"] = f"{top.index[0]} ({top.iloc[0] / len(majority):.0%})"
     oracle = cross_val_predict(KNeighborsClassifier(15), z, is_new, cv=5, method="predict_proba")[
         :, 1
     ]
@@ -114,7 +124,7 @@ def main(argv=None) -> int:
             continue
         is_new = query.obs["cell_type"].astype(str).to_numpy() == left
         res = scores_of_split(ref, query, is_new, classification_weight=args.classification_weight)
-        print(split, {k: round(v, 3) for k, v in res.items()}, flush=True)
+        print(split, res, flush=True)
         rows.append((split, res))
     cols = list(rows[0][1])
     lines = [
@@ -127,9 +137,13 @@ def main(argv=None) -> int:
         "| split | " + " | ".join(cols) + " |",
         "|" + "---|" * (len(cols) + 1),
     ]
-    lines += [f"| {s} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |" for s, r in rows]
-    means = [np.mean([r[c] for _, r in rows]) for c in cols]
-    lines.append("| **mean** | " + " | ".join(f"{m:.3f}" for m in means) + " |")
+    fmt = lambda v: v if isinstance(v, str) else f"{v:.3f}"  # noqa: E731
+    lines += [f"| {s} | " + " | ".join(fmt(r[c]) for c in cols) + " |" for s, r in rows]
+    means = [
+        "" if isinstance(rows[0][1][c], str) else f"{np.mean([r[c] for _, r in rows]):.3f}"
+        for c in cols
+    ]
+    lines.append("| **mean** | " + " | ".join(means) + " |")
     out = OUT
     if args.classification_weight is not None:
         out = OUT.with_name(f"novelty_scores_weight{args.classification_weight:g}.md")

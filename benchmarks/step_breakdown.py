@@ -1,6 +1,7 @@
 """Where a CPU training step goes: the plain VAE part against the whole scARKIDS step.
 
     python benchmarks/step_breakdown.py [--threads 2] [--batch_size 128] [--cells 10000]
+    python benchmarks/step_breakdown.py --priors diffusion,gaussian,mixture
 
 Times one optimizer step (minibatch gather, loss, backward, clipping, fused AdamW) of
 three losses on the speed benchmark's simulated counts (2000 genes; the file written by
@@ -11,7 +12,11 @@ unlabelled cells scored against every label). Each (variant, batch size) runs in
 processes (timings in one long process drift with heap state on this VM); the table shows
 the fastest of ``--repeats`` processes, each the fastest of 5 rounds of 60 steps, at the
 given batch size and at batch 8 (the cost that does not scale with the batch:
-weight-sized products, Adam, clipping, per-op dispatch).
+weight-sized products, Adam, clipping, per-op dispatch). With ``--priors``, the two real
+losses run once per prior (``SCARKIDSModule(prior=...)``), and a column gives the memory a
+step's forward pass keeps for its backward (the tensors autograd saves, at the given batch
+size, MiB): what each prior costs per step. Writes
+benchmarks/results/step_breakdown_cpu_priors.md.
 """
 
 from __future__ import annotations
@@ -53,9 +58,28 @@ def vae_loss(module: SCARKIDSModule, x, batch, nonzero) -> torch.Tensor:
     return (reconstruction + kl).mean()
 
 
-def time_step(variant: str, X, batch, labels, batch_size: int) -> float:
+def saved_mib(loss_of) -> float:
+    """MiB of the distinct tensors autograd saves for the backward of ``loss_of()``."""
+    seen: dict[tuple, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss_of()
+    return sum(seen.values()) / 2**20
+
+
+def time_step(variant: str, X, batch, labels, batch_size: int) -> tuple[float, float]:
+    """(seconds per step, MiB saved for the backward) of ``variant`` (``vae``, or
+    ``supervised`` / ``unsupervised`` with an optional ``:prior``)."""
+    variant, _, prior = variant.partition(":")
     torch.manual_seed(0)
-    module = SCARKIDSModule(X.shape[1], int(batch.max()) + 1, int(labels.max()) + 1)
+    module = SCARKIDSModule(
+        X.shape[1], int(batch.max()) + 1, int(labels.max()) + 1, prior=prior or "diffusion"
+    )
     module.train()
     store = DeviceMatrix(X, torch.device("cpu"))
     if variant == "vae":
@@ -66,16 +90,18 @@ def time_step(variant: str, X, batch, labels, batch_size: int) -> float:
     perm = torch.randperm(X.shape[0])
     span = X.shape[0] - batch_size
 
-    def step(i: int) -> None:
+    def loss_at(i: int) -> torch.Tensor:
         start = (i * batch_size) % span
         idx = perm[start : start + batch_size]
         x, nonzero = store.rows_and_nonzeros(idx)
         if variant == "vae":
-            loss = vae_loss(module, x, batch[idx], nonzero)
-        else:
-            mode = "labelled" if variant == "supervised" else "unlabelled"
-            lab = labels[idx] if mode == "labelled" else torch.full_like(labels[idx], -1)
-            loss = module.loss(x, batch[idx], lab, label_mode=mode, nonzero=nonzero).loss
+            return vae_loss(module, x, batch[idx], nonzero)
+        mode = "labelled" if variant == "supervised" else "unlabelled"
+        lab = labels[idx] if mode == "labelled" else torch.full_like(labels[idx], -1)
+        return module.loss(x, batch[idx], lab, label_mode=mode, nonzero=nonzero).loss
+
+    def step(i: int) -> None:
+        loss = loss_at(i)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 10.0)
@@ -89,7 +115,7 @@ def time_step(variant: str, X, batch, labels, batch_size: int) -> float:
         for i in range(60):
             step(i)
         best = min(best, (time.perf_counter() - t) / 60)
-    return best
+    return best, saved_mib(lambda: loss_at(0))
 
 
 def main() -> None:
@@ -98,32 +124,52 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--cells", type=int, default=10_000)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--priors", help="e.g. diffusion,gaussian,mixture: the losses per prior")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     if args.worker:
         X, batch, labels = counts(args.cells)
-        print(time_step(args.worker, X, batch, labels, args.batch_size))
+        print(*time_step(args.worker, X, batch, labels, args.batch_size))
         return
 
-    def best(variant: str, batch_size: int) -> float:
+    def best(variant: str, batch_size: int) -> tuple[float, float]:
         cmd = [sys.executable, __file__, "--worker", variant, "--batch_size", str(batch_size)]
         cmd += ["--threads", str(args.threads), "--cells", str(args.cells)]
         runs = [subprocess.run(cmd, capture_output=True, text=True, check=True)
                 for _ in range(args.repeats)]  # fmt: skip
-        return min(float(r.stdout.split()[-1]) for r in runs)
+        out = [tuple(float(v) for v in r.stdout.split()[-2:]) for r in runs]
+        return min(o[0] for o in out), out[0][1]
 
-    print(f"| loss | ms/step at batch {args.batch_size} | cells/s | ms/step at batch 8 |")
-    print("|---|---|---|---|")
-    for variant in ("vae", "supervised", "unsupervised"):
-        full, small = best(variant, args.batch_size), best(variant, 8)
-        print(
-            f"| {variant} | {full * 1e3:.2f} | {args.batch_size / full:,.0f} | {small * 1e3:.2f} |",
-            flush=True,
+    variants = ["vae", "supervised", "unsupervised"]
+    if args.priors:
+        variants = ["vae"] + [
+            f"{mode}:{prior}" for prior in args.priors.split(",") for mode in variants[1:]
+        ]
+    lines = [
+        f"| loss | ms/step at batch {args.batch_size} | cells/s | ms/step at batch 8 "
+        f"| MiB saved for backward at batch {args.batch_size} |",
+        "|---|---|---|---|---|",
+    ]
+    for variant in variants:
+        (full, mib), (small, _) = best(variant, args.batch_size), best(variant, 8)
+        lines.append(
+            f"| {variant.replace(':', ', ')} | {full * 1e3:.2f} | {args.batch_size / full:,.0f} "
+            f"| {small * 1e3:.2f} | {mib:.1f} |"
         )
-    print(f"\n{args.threads} threads, {args.cells:,} cells x 2000 genes (speed.py's data), "
-          f"fastest of {args.repeats} processes")  # fmt: skip
+        print(lines[-1], flush=True)
+    command = " ".join(["python benchmarks/step_breakdown.py", *sys.argv[1:]])
+    lines += [
+        "",
+        f"Command: `{command}`; {args.threads} threads, {args.cells:,} cells x 2000 genes "
+        f"(speed.py's data), fastest of {args.repeats} processes",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.priors:  # the table without priors is kept, with its notes, by hand
+        out = Path(__file__).resolve().parent / "results" / "step_breakdown_cpu_priors.md"
+        out.write_text(text)
 
 
 if __name__ == "__main__":
