@@ -16,6 +16,11 @@ dataset / mode / prior / seed replaces its row), and ``benchmarks/results/prior_
 is rebuilt from all runs: mean and sd over seeds per (dataset, mode, prior), and the
 difference of each prior to ``diffusion`` over the seeds both have (mean and sd of the
 paired differences). About a hundred trainings in all: run it in parts.
+
+``--variants cw5,wide,...`` trains design variants of each prior (``VARIANTS``: a lower
+classification weight, a wider and deeper noise network, the prior trained on the ELBO's
+own gradient); their rows are named ``prior[variant]`` and compared with plain
+``diffusion`` like the others.
 """
 
 from __future__ import annotations
@@ -53,15 +58,31 @@ RUNS = OUT / "prior_ablation" / "runs.jsonl"
 KEY = ("dataset", "mode", "prior", "seed")
 
 
+#: design variants (``--variants``): (model keyword arguments, train keyword arguments);
+#: a variant's rows are the prior's name with the variant in brackets, e.g. "diffusion[cw5]"
+VARIANTS = {
+    "cw5": ({}, {"classification_weight": 5.0}),
+    "cw1": ({}, {"classification_weight": 1.0}),
+    "wide": ({"noise_hidden_dim": 256, "noise_n_layers": 3}, {}),
+    "elbo": ({"prior_training": "elbo"}, {}),
+}
+
+
 def train(adata, labels_key: str | None, n_labels: int, prior: str, seed: int):
     from scarkids import SCARKIDS
 
+    prior, _, variant = prior.partition("[")
+    model_kwargs, train_kwargs = VARIANTS[variant.rstrip("]")] if variant else ({}, {})
+    if prior != "diffusion":
+        model_kwargs = {k: v for k, v in model_kwargs.items() if not k.startswith("noise_")}
     a = adata.copy()
     SCARKIDS.setup_anndata(
         a, batch_key="batch", labels_key=labels_key, layer="counts", unlabeled_category=UNKNOWN
     )
-    model = SCARKIDS(a, n_latent=N_LATENT, n_labels=n_labels, seed=seed, prior=prior)
-    model.train(seed=seed, progress_bar=False)
+    model = SCARKIDS(
+        a, n_latent=N_LATENT, n_labels=n_labels, seed=seed, prior=prior, **model_kwargs
+    )
+    model.train(seed=seed, progress_bar=False, **train_kwargs)
     return model, a
 
 
@@ -120,9 +141,10 @@ def write_table() -> Path:
         "|" + "---|" * (5 + len(cols)),
     ]
     order = {p: i for i, p in enumerate(PRIORS)}
+    rank = lambda p: (order.get(p.partition("[")[0], 99), p)  # noqa: E731
     for (ds, mode), g in df.groupby(["dataset", "mode"], sort=True):
         base = g[g["prior"] == "diffusion"].set_index("seed")["Total"]
-        for prior in sorted(g["prior"].unique(), key=lambda p: order.get(p, 99)):
+        for prior in sorted(g["prior"].unique(), key=rank):
             h = g[g["prior"] == prior]
             delta = "-"
             if prior != "diffusion":
@@ -141,6 +163,10 @@ def main(argv=None) -> int:
     parser.add_argument("--priors", default=",".join(PRIORS))
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument(
+        "--variants",
+        help=f"design variants of every prior, comma-separated: {', '.join(VARIANTS)}",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--table", action="store_true", help="only rebuild the table")
     parser.add_argument(
@@ -162,7 +188,10 @@ def main(argv=None) -> int:
             for seed in (int(s) for s in args.seeds.split(",")):
                 adata = load_dataset(path, seed)
                 for mode in args.modes.split(","):
-                    for prior in args.priors.split(","):
+                    priors = args.priors.split(",")
+                    if args.variants:
+                        priors = [f"{p}[{v}]" for p in priors for v in args.variants.split(",")]
+                    for prior in priors:
                         if (name, mode, prior, seed) in done:
                             continue
                         log(f"{name} {mode} {prior} seed {seed} ...")
