@@ -97,7 +97,7 @@ def simulate_main(args) -> None:
         SCARKIDS.setup_anndata(b, batch_key="batch", layer="counts")
         model = SCARKIDS(b, n_latent=N_LATENT, n_labels=N_SIM_TYPES, seed=args.seed)
         t = time.perf_counter()
-        model.train(batch_size=batch_size, seed=args.seed, progress_bar=False)
+        model.train(batch_size=batch_size, seed=args.seed, progress_bar=False, device="cpu")
         train_s = time.perf_counter() - t
         z = model.get_latent_representation()
         row = {"batch size": f"{batch_size}" + (" (auto, GPU)" if spec == "auto" else "")}

@@ -17,8 +17,9 @@ cells by:
   query and reference code (where the query has cells the reference lacks);
 - where the left-out type lands (``lands on``): the reference type that most of its cells'
   15 nearest reference codes have, with the share of its cells for which it is so;
-- the ceiling of any score computed from the query codes: 5-fold cross-validated AUROC of a
-  15-NN classifier trained on the query codes *with* the true new / known labels.
+- the separability of the left-out type in the query codes, a reference point for any score
+  computed from them: 5-fold cross-validated AUROC of a 15-NN classifier trained on the
+  query codes *with* the true new / known labels.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def scores_of_split(
     oracle = cross_val_predict(KNeighborsClassifier(15), z, is_new, cv=5, method="predict_proba")[
         :, 1
     ]
-    auroc["ceiling (supervised on query codes)"] = roc_auc_score(is_new, oracle)
+    auroc["separability (15-NN trained on the query codes)"] = roc_auc_score(is_new, oracle)
     return auroc
 
 
@@ -126,6 +127,9 @@ def main(argv=None) -> int:
         res = scores_of_split(ref, query, is_new, classification_weight=args.classification_weight)
         print(split, res, flush=True)
         rows.append((split, res))
+    if not rows:
+        print(f"no kang split matches --splits {args.splits!r}; nothing to do")
+        return 1
     cols = list(rows[0][1])
     lines = [
         f"# Scores for a left-out type (`python benchmarks/novelty_scores.py --splits "

@@ -70,6 +70,8 @@ def parse_method(spec: str, batch_size: int, epochs: int) -> tuple[str, int | No
     def value(text: str, default: int) -> int | None:
         return None if text == "auto" else int(text) if text else default
 
+    if name.startswith("scvi") and "auto" in (b, e):
+        raise SystemExit(f"{spec}: 'auto' is scARKIDS's own default; give scVI a number")
     return name, value(b, batch_size), value(e, epochs)
 
 

@@ -229,6 +229,23 @@ def test_default_learning_rate_scales_with_batch_size():
         assert model.history["learning_rate"][0] == pytest.approx(expected)
 
 
+def test_train_and_the_module_refuse_arguments_outside_their_choices():
+    from scarkids.errors import InputDataError
+
+    adata = scarkids.datasets.simulate(200, 30, n_batches=2, n_cell_types=2, seed=0)
+    SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
+    model = SCARKIDS(adata, seed=0)
+    bad = {"lr_scheduler": "cosin", "freeze": "everything", "batch_size": 1}
+    for key, value in bad.items():
+        with pytest.raises(InputDataError, match=f"{key} must be"):
+            model.train(1, progress_bar=False, **{key: value})
+    assert not model.is_trained  # refused before any work
+    with pytest.raises(ValueError, match="decoder_layers must be at least 1, got 0"):
+        SCARKIDS(adata, decoder_layers=0)
+    with pytest.raises(ValueError, match="encoder_hidden_dims needs at least one"):
+        SCARKIDS(adata, encoder_hidden_dims=())
+
+
 def test_the_automatic_batch_size_follows_the_device_and_the_data(caplog):
     import logging
 

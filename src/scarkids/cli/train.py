@@ -189,8 +189,10 @@ def _prepare_session(cfg: dict, *, name: str, config_path: str, banner: str | No
     if base is not None:  # a session resumes only on top of the same starting weights
         resume_hash = f"{resume_hash}+{_weights_digest(base)}"
     batch_size = tr["batch_size"]
-    if batch_size is None:
+    if batch_size is None:  # automatic: a run resumes only at the batch size it began with
         batch_size = default_batch_size(adata.n_obs, device.type)
+        resume_hash = f"{resume_hash}+batch_size={batch_size}"
+        log.info("Batch size %d (automatic, %s)", batch_size, device.type)
     learning_rate = tr["learning_rate"]
     if learning_rate is None:
         learning_rate = default_learning_rate(batch_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Iterator
 from typing import Literal
 
@@ -79,6 +80,42 @@ def _epoch_budget(max_epochs: int | None, n_cells: int, name: str, progress_bar:
         progress_bar,
     )
     return max_epochs
+
+
+def _check_train_arguments(lr_scheduler, freeze, batch_size) -> None:
+    """A clear error for a ``train()`` argument outside its choices (a typo such as
+    ``lr_scheduler="cosin"`` would otherwise train at a constant rate without a word)."""
+    for key, value, choices in (
+        ("lr_scheduler", lr_scheduler, (None, "cosine", "step")),
+        ("freeze", freeze, ("new_batches", "decoder_batch", "none")),
+    ):
+        if value not in choices:
+            names = ", ".join(repr(c) for c in choices)
+            raise InputDataError(f"{key} must be one of {names}; got {value!r}")
+    if batch_size is None:
+        return
+    try:
+        size = 0 if isinstance(batch_size, bool) else operator.index(batch_size)
+    except TypeError:
+        size = 0
+    if size < 2:
+        raise InputDataError(
+            f"batch_size must be an integer of at least 2 (or None: automatic), got {batch_size!r}"
+        )
+
+
+def _batch_and_rate(
+    batch_size: int | None, learning_rate: float | None, n_cells: int, device, name, progress_bar
+) -> tuple[int, float]:
+    """``batch_size`` (or the automatic one for ``device``, said) and ``learning_rate`` (or
+    the default for that batch size)."""
+    if batch_size is None:
+        batch_size = default_batch_size(n_cells, device.type)
+        _say(f"{name}: batch size {batch_size} (automatic, {device.type})", progress_bar)
+    batch_size = int(batch_size)
+    if learning_rate is None:
+        learning_rate = default_learning_rate(batch_size)
+    return batch_size, learning_rate
 
 
 #: the defaults of :meth:`SCARKIDS.train` (one source: :class:`TrainingSettings`)
@@ -338,8 +375,8 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
         also fine-tunes the decoder (the encoder, hence every reference cell's latent, the
         classifier and the prior stay fixed); ``"none"`` trains everything. Returns ``self``.
 
-        ``learning_rate=None`` uses :func:`default_learning_rate`: 1e-3 at the default batch
-        of 128, scaled by ``sqrt(batch_size / 128)`` for larger (GPU) batches.
+        ``learning_rate=None`` uses :func:`default_learning_rate`: 1e-3 at batch 128, scaled
+        by ``sqrt(batch_size / 128)`` for larger (GPU) batches.
 
         ``mixed_precision=True`` computes the three genes-wide layers (encoder input,
         decoder expression and dropout heads) in bfloat16 during training, with float32
@@ -441,6 +478,7 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
         SCARKIDS
             ``self``, trained, with ``self.history`` and ``self.training_state`` set.
         """
+        _check_train_arguments(lr_scheduler, freeze, batch_size)
         adata = self.adata if adata is None else adata
         # under torchrun: join the process group, train on this rank's device
         self.device = resolve_device(distributed.setup(str(device)))
@@ -451,15 +489,13 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
             adata, validation_adata, supervised, validation_fraction, seed, chunk_cells
         )
         max_epochs = _epoch_budget(max_epochs, adata.n_obs, name, progress_bar)
-        if batch_size is None:
-            batch_size = default_batch_size(adata.n_obs, self.device.type)
-            logger.info("%s: batch size %d (automatic, %s)", name, batch_size, self.device.type)
+        batch_size, learning_rate = _batch_and_rate(
+            batch_size, learning_rate, adata.n_obs, self.device, name, progress_bar
+        )
         settings = TrainingSettings(
             max_epochs=max_epochs,
             batch_size=batch_size,
-            learning_rate=(
-                default_learning_rate(batch_size) if learning_rate is None else learning_rate
-            ),
+            learning_rate=learning_rate,
             weight_decay=weight_decay,
             grad_clip_norm=grad_clip_norm,
             mixed_precision=mixed_precision,
@@ -474,13 +510,9 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
             progress_bar=progress_bar,
             name=name,
         )
-        trainable, masks = self._freeze_plan(
-            freeze, n_batches_before if freeze_from is None else freeze_from
+        trainable, masks = self._session_plan(
+            freeze, n_batches_before if freeze_from is None else freeze_from, settings
         )
-        if not self.registry.labels_are_clusters or trainable is not None:
-            # clusters are initialised (and pi learned) only when the labels are this model's
-            # own clusters and every parameter trains: a query session keeps the reference's
-            settings.cluster_init_epoch, settings.learn_cluster_prior = None, False
         self.training_state = train_module(
             self.module,
             data,
@@ -494,6 +526,15 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
         self.is_trained = True
         self._calibrate(data, fit_reference=trainable is None, seed=seed)
         return self
+
+    def _session_plan(self, freeze: str, n_batches_before: int, settings: TrainingSettings):
+        """The freeze plan (trainable parameters, gradient masks) of this session; the
+        clustering of ``settings`` is switched off unless the labels are this model's own
+        clusters and every parameter trains (a query session keeps the reference's)."""
+        trainable, masks = self._freeze_plan(freeze, n_batches_before)
+        if not self.registry.labels_are_clusters or trainable is not None:
+            settings.cluster_init_epoch, settings.learn_cluster_prior = None, False
+        return trainable, masks
 
     def _training_data(
         self, adata, validation_adata, supervised, validation_fraction, seed, chunk_cells

@@ -53,6 +53,13 @@ class LossOutput:
         return -(self.reconstruction + self.vae_kl)
 
 
+def _check_layers(encoder_hidden_dims, decoder_layers: int) -> None:
+    if not encoder_hidden_dims:
+        raise ValueError("encoder_hidden_dims needs at least one layer width, e.g. (128,)")
+    if decoder_layers < 1:
+        raise ValueError(f"decoder_layers must be at least 1, got {decoder_layers}")
+
+
 class SCARKIDSModule(nn.Module):
     """VAE with a cell-type-conditioned latent diffusion prior. See the module docstring.
 
@@ -154,6 +161,7 @@ class SCARKIDSModule(nn.Module):
         label_prior_probs: list[float] | None = None,
     ):
         super().__init__()
+        _check_layers(encoder_hidden_dims, decoder_layers)
         self.n_latent = n_latent
         self.null_label_prob = null_label_prob
         self.prior_training = prior_training

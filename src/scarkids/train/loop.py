@@ -8,6 +8,7 @@ never synchronises with the host (except the CSR row gather, which needs one siz
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 
@@ -26,6 +27,7 @@ from scarkids.train.state import (
     TrainingData,
     TrainingSettings,
     TrainingState,
+    default_batch_size,
     get_rng_state,
     set_rng_state,
 )
@@ -274,6 +276,11 @@ def train_module(
     The module ends with the weights of the best validation epoch.
     """
     device = data.train_index.device
+    if settings.batch_size is None:  # automatic: resolved for this device and these cells
+        n_cells = int(data.train_index.numel() + data.val_index.numel())
+        settings = dataclasses.replace(
+            settings, batch_size=default_batch_size(n_cells, device.type)
+        )
     matmul_precision = torch.get_float32_matmul_precision()
     if device.type == "cuda":  # TF32 tensor cores for the remaining float32 products
         torch.set_float32_matmul_precision("high")

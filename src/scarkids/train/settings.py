@@ -27,8 +27,9 @@ def default_batch_size(n_cells: int, device_type: str = "cpu") -> int:
     128 on CPUs (where a step's cost grows with its cells, so larger batches gain little).
     On GPUs, where a small step leaves the card idle, the largest of 128, 256, ..., 4096
     that still gives at least 200 steps per epoch over the (90% training) cells: 128 up to
-    ~57k cells, 512 at 200k, 4096 from ~0.91M. With the default epoch budget that is at
-    least 4,000 steps in all, and :func:`default_learning_rate` scales the rate with it
+    ~57k cells, 512 at 200k, 4096 from ~0.91M. Above 128, with the default epoch budget
+    (at least 20 epochs), that is at least 4,000 steps in all (at 128: about 3,500 for
+    small data), and :func:`default_learning_rate` scales the rate with it
     (quality against batch 128: ``benchmarks/batch_size_quality.py --simulate``).
 
     Parameters
@@ -91,8 +92,8 @@ class TrainingSettings:
         Epochs over which the learning rate rises linearly to ``learning_rate``; 0: none.
     lr_scheduler
         Learning rate after the warm-up: ``"cosine"`` (decays towards 1% of the rate by the
-        last epoch), ``"step"`` (times 0.1 after each third of the remaining epochs); any
-        other value, ``None`` included, keeps it constant.
+        last epoch), ``"step"`` (times 0.1 after each third of the remaining epochs) or
+        ``None`` (constant; :meth:`scarkids.SCARKIDS.train` refuses any other value).
     classification_weight
         Weight of the classification loss ``-log q(c_obs | z0)`` of labelled cells.
     early_stopping
