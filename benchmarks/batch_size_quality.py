@@ -111,17 +111,26 @@ def simulate_main(args) -> None:
         rows.append(row)
         print(row, flush=True)
     types = adata.obs["cell_type"].value_counts()
+    command = (
+        f"--simulate {n} --batch_sizes {args.batch_sizes}` ({adata.n_obs:,} simulated cells x "
+        f"2000 genes, {N_SIM_BATCHES} batches, {N_SIM_TYPES} types, the rarest {types.min()} "
+        f"cells; scARKIDS unsupervised, default epochs and learning rate; {args.threads} CPU "
+        "threads)"
+    )
+    write_result(rows, command, f"batch_size_quality_simulated_{n}.md")
+
+
+def write_result(rows: list[dict], command: str, name: str) -> None:
+    """Print and write the table of ``rows`` under its command line (the part after the
+    script's name)."""
     table = pd.DataFrame(rows).to_markdown(index=False)
     text = (
-        f"Command: `python benchmarks/batch_size_quality.py --simulate {n} --batch_sizes "
-        f"{args.batch_sizes}` ({adata.n_obs:,} simulated cells x 2000 genes, "
-        f"{N_SIM_BATCHES} batches, {N_SIM_TYPES} types, the rarest {types.min()} cells; "
-        f"scARKIDS unsupervised, default epochs and learning rate; {args.threads} CPU "
-        f"threads)  \nCode: {git_state()}\n\n{table}\n"
+        f"Command: `python benchmarks/batch_size_quality.py {command}  \n"
+        f"Code: {git_state()}\n\n{table}\n"
     )
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"batch_size_quality_simulated_{n}.md").write_text(text)
+    (RESULTS / name).write_text(text)
 
 
 def main() -> None:
@@ -166,15 +175,11 @@ def main() -> None:
                 "scIB Total": round(total, 3),
             })  # fmt: skip
             print(rows[-1], flush=True)
-    table = pd.DataFrame(rows).to_markdown(index=False)
-    text = (
-        f"Command: `python benchmarks/batch_size_quality.py --dataset {args.dataset} "
-        f"--batch_sizes {args.batch_sizes}` ({adata.n_obs:,} cells, {adata.n_vars} HVGs, "
-        f"{args.threads} CPU threads)  \nCode: {git_state()}\n\n{table}\n"
+    command = (
+        f"--dataset {args.dataset} --batch_sizes {args.batch_sizes}` ({adata.n_obs:,} cells, "
+        f"{adata.n_vars} HVGs, {args.threads} CPU threads)"
     )
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"batch_size_quality_{args.dataset}.md").write_text(text)
+    write_result(rows, command, f"batch_size_quality_{args.dataset}.md")
 
 
 if __name__ == "__main__":
