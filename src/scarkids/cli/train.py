@@ -143,7 +143,7 @@ def _prepare_session(cfg: dict, *, name: str, config_path: str, banner: str | No
     """Check paths, read and check the data files, decide the epoch budget."""
     from scarkids.model.base import SCARKIDS
     from scarkids.train.device import resolve_device
-    from scarkids.train.state import default_batch_size, default_learning_rate
+    from scarkids.train.settings import batch_and_rate
 
     glob, data, tr = cfg["global"], cfg["data"], cfg["training"]
     device = resolve_device(tr["device"])
@@ -188,14 +188,12 @@ def _prepare_session(cfg: dict, *, name: str, config_path: str, banner: str | No
     resume_hash = training_hash(cfg)
     if base is not None:  # a session resumes only on top of the same starting weights
         resume_hash = f"{resume_hash}+{_weights_digest(base)}"
-    batch_size = tr["batch_size"]
-    if batch_size is None:  # automatic: a run resumes only at the batch size it began with
-        batch_size = default_batch_size(adata.n_obs, device.type)
+    batch_size, learning_rate = batch_and_rate(
+        tr["batch_size"], tr["learning_rate"], adata.n_obs, device.type
+    )
+    if tr["batch_size"] is None:  # automatic: a run resumes only at the size it began with
         resume_hash = f"{resume_hash}+batch_size={batch_size}"
         log.info("Batch size %d (automatic, %s)", batch_size, device.type)
-    learning_rate = tr["learning_rate"]
-    if learning_rate is None:
-        learning_rate = default_learning_rate(batch_size)
     return _Session(
         name=name,
         cfg=cfg,

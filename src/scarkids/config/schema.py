@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from scarkids.train.settings import TrainingSettings
+from scarkids.train.settings import FREEZE_MODES, LR_SCHEDULERS, TrainingSettings
 
 #: the training defaults come from the loop's settings (one source for API, config, CLI)
 _TRAIN = TrainingSettings()
@@ -180,9 +180,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "grad_clip_norm": Key(
             "float", _TRAIN.grad_clip_norm, optional=True, gt=0, help="null = no clipping"
         ),
-        "lr_scheduler": Key(
-            "enum", None, optional=True, choices=(None, "cosine", "step", "plateau")
-        ),
+        "lr_scheduler": Key("enum", None, optional=True, choices=(None, *LR_SCHEDULERS, "plateau")),
         "lr_warmup_epochs": Key("int", _TRAIN.lr_warmup_epochs, ge=0),
         "kl_warmup_epochs": Key("int", _TRAIN.kl_warmup_epochs, ge=0),
         "classification_weight": Key("float", _TRAIN.classification_weight, ge=0),
@@ -200,7 +198,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key("int", 42, ge=0, lt=2**32),
         "resume_from": Key("str", None, optional=True),
         "output_checkpoint": Key("str", None, optional=True),
-        "freeze": Key("enum", "new_batches", choices=("new_batches", "decoder_batch", "none")),
+        "freeze": Key("enum", "new_batches", choices=FREEZE_MODES),
         "nan_retries": Key("int", _TRAIN.nan_retries, ge=0),
         "sessions": Key("list", None, optional=True, help="for --mode sequential"),
     },

@@ -41,9 +41,10 @@ from scarkids.train.loop import (
 from scarkids.train.memory import releasing_memory
 from scarkids.train.settings import (
     CELL_PASSES,
+    FREEZE_MODES,
+    LR_SCHEDULERS,
     TrainingSettings,
-    default_batch_size,
-    default_learning_rate,
+    batch_and_rate,
     default_max_epochs,
 )
 
@@ -86,8 +87,8 @@ def _check_train_arguments(lr_scheduler, freeze, batch_size) -> None:
     """A clear error for a ``train()`` argument outside its choices (a typo such as
     ``lr_scheduler="cosin"`` would otherwise train at a constant rate without a word)."""
     for key, value, choices in (
-        ("lr_scheduler", lr_scheduler, (None, "cosine", "step")),
-        ("freeze", freeze, ("new_batches", "decoder_batch", "none")),
+        ("lr_scheduler", lr_scheduler, (None, *LR_SCHEDULERS)),
+        ("freeze", freeze, FREEZE_MODES),
     ):
         if value not in choices:
             names = ", ".join(repr(c) for c in choices)
@@ -107,14 +108,11 @@ def _check_train_arguments(lr_scheduler, freeze, batch_size) -> None:
 def _batch_and_rate(
     batch_size: int | None, learning_rate: float | None, n_cells: int, device, name, progress_bar
 ) -> tuple[int, float]:
-    """``batch_size`` (or the automatic one for ``device``, said) and ``learning_rate`` (or
-    the default for that batch size)."""
-    if batch_size is None:
-        batch_size = default_batch_size(n_cells, device.type)
+    """:func:`batch_and_rate` for ``device``, the automatic batch size said."""
+    automatic = batch_size is None
+    batch_size, learning_rate = batch_and_rate(batch_size, learning_rate, n_cells, device.type)
+    if automatic:
         _say(f"{name}: batch size {batch_size} (automatic, {device.type})", progress_bar)
-    batch_size = int(batch_size)
-    if learning_rate is None:
-        learning_rate = default_learning_rate(batch_size)
     return batch_size, learning_rate
 
 

@@ -52,6 +52,24 @@ def default_batch_size(n_cells: int, device_type: str = "cpu") -> int:
     return batch
 
 
+def batch_and_rate(
+    batch_size: int | None, learning_rate: float | None, n_cells: int, device_type: str
+) -> tuple[int, float]:
+    """The batch size (:func:`default_batch_size` when ``None``) and the learning rate
+    (:func:`default_learning_rate` of that batch size when ``None``) of a training run."""
+    if batch_size is None:
+        batch_size = default_batch_size(n_cells, device_type)
+    batch_size = int(batch_size)
+    if learning_rate is None:
+        learning_rate = default_learning_rate(batch_size)
+    return batch_size, learning_rate
+
+
+#: learning-rate schedules after the warm-up (``None``: constant)
+LR_SCHEDULERS = ("cosine", "step")
+#: what a later session that brings new batches trains (see :meth:`scarkids.SCARKIDS.train`)
+FREEZE_MODES = ("new_batches", "decoder_batch", "none")
+
 #: cell passes of the automatic epoch budget (:func:`default_max_epochs`)
 CELL_PASSES = 5e5
 
