@@ -46,9 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from integration import (  # noqa: E402
     DATA_DIR,
     DATASETS,
-    HIDDEN_FRACTION,
-    UNKNOWN,
     git_state,
+    hide_labels,
     load_dataset,
     log,
     part_parser,
@@ -69,11 +68,9 @@ ISG = ("ISG15", "IFI6", "IFIT1")
 METHODS = ("scARKIDS-sup", "scARKIDS-unsup", "scVI")
 
 
-def batch_share(
-    X: np.ndarray, types: np.ndarray, batches: np.ndarray, pooled: bool = False
-) -> float:
-    """Median over genes of the within-type variance share explained by batch; ``pooled``:
-    the share of all genes' within-type variance together (genes weighted by variance)."""
+def batch_shares(X: np.ndarray, types: np.ndarray, batches: np.ndarray) -> tuple[float, float]:
+    """The within-type variance share explained by batch: median over genes, and pooled (the
+    share of all genes' within-type variance together, genes weighted by variance)."""
     num = np.zeros(X.shape[1])
     den = np.zeros(X.shape[1])
     between_sum = total_sum = 0.0
@@ -85,21 +82,21 @@ def batch_share(
             continue
         cells = in_t & np.isin(batches, kept)
         Xt = X[cells]
-        total = ((Xt - Xt.mean(0)) ** 2).sum(0)
+        mean = Xt.mean(0)
+        total = ((Xt - mean) ** 2).sum(0)
         between = np.zeros(X.shape[1])
         for b in kept:
             Xb = Xt[batches[cells] == b]
-            between += len(Xb) * (Xb.mean(0) - Xt.mean(0)) ** 2
+            between += len(Xb) * (Xb.mean(0) - mean) ** 2
         with np.errstate(invalid="ignore", divide="ignore"):
             share = np.where(total > 0, between / total, np.nan)
         between_sum, total_sum = between_sum + between.sum(), total_sum + total.sum()
         ok = np.isfinite(share)
         num[ok] += cells.sum() * share[ok]
         den[ok] += cells.sum()
-    if pooled:
-        return float(between_sum / total_sum)
     with np.errstate(invalid="ignore"):
-        return float(np.nanmedian(np.where(den > 0, num / den, np.nan)))
+        median = float(np.nanmedian(np.where(den > 0, num / den, np.nan)))
+    return median, float(between_sum / total_sum)
 
 
 def fold_changes(X: np.ndarray, types: np.ndarray) -> dict[str, np.ndarray]:
@@ -157,36 +154,44 @@ def corrected(method: str, adata, target: str, seed: int) -> tuple[np.ndarray, n
     return tuple(np.log1p(np.asarray(e, dtype=np.float64)) for e in out)
 
 
-def scores(before: np.ndarray, after: np.ndarray, adata, name: str, own=None) -> dict:
-    from scipy.stats import spearmanr
-
+def summary(X: np.ndarray, adata, name: str, *, full: bool = True) -> dict:
+    """What the scores compare, for one matrix: the batch shares and (``full``) the fold
+    changes, the markers and, on kang, the interferon response."""
     types = adata.obs["cell_type"].astype(str).to_numpy()
     batches = adata.obs["batch"].astype(str).to_numpy()
-    row = {"batch share": batch_share(after, types, batches)}
-    row["batch share uncorrected"] = batch_share(before, types, batches)
-    row["reduction"] = row["batch share uncorrected"] / row["batch share"]
-    if own is not None:  # the model's own smoothing, only the batch differs from "after"
-        row["batch share own-batch decode"] = batch_share(own, types, batches)
-        row["reduction vs own-batch decode"] = (
-            row["batch share own-batch decode"] / row["batch share"]
-        )
-    row["pooled batch share"] = batch_share(after, types, batches, pooled=True)
-    row["pooled batch share uncorrected"] = batch_share(before, types, batches, pooled=True)
-    row["pooled reduction"] = row["pooled batch share uncorrected"] / row["pooled batch share"]
-    fb, fa = fold_changes(before, types), fold_changes(after, types)
+    out = dict(zip(("share", "pooled"), batch_shares(X, types, batches), strict=True))
+    if full:
+        out["fold"] = fold_changes(X, types)
+        out["markers"] = markers(X, types, adata.var_names)
+        out["isg"] = isg_response(X, adata.var_names, types, batches) if name == "kang" else {}
+        out["top"] = np.argsort(-X.mean(0))[:N_EXPRESSED]  # genes whose fold changes are not noise
+    return out
+
+
+def scores(before: dict, after: dict, own: dict) -> dict:
+    """The row of one corrected matrix: ``before`` (uncorrected), ``after`` (decoded as one
+    batch) and ``own`` (the same model decoding each cell with its own batch) summaries."""
+    from scipy.stats import spearmanr
+
+    row = {"batch share": after["share"], "batch share uncorrected": before["share"]}
+    row["reduction"] = before["share"] / after["share"]
+    # the model's own smoothing, only the batch differs from "after"
+    row["batch share own-batch decode"] = own["share"]
+    row["reduction vs own-batch decode"] = own["share"] / after["share"]
+    row["pooled batch share"] = after["pooled"]
+    row["pooled batch share uncorrected"] = before["pooled"]
+    row["pooled reduction"] = before["pooled"] / after["pooled"]
+    fb, fa, top = before["fold"], after["fold"], before["top"]
     row["fold-change Spearman"] = float(np.mean([spearmanr(fb[t], fa[t])[0] for t in fb]))
-    top = np.argsort(-before.mean(0))[:N_EXPRESSED]  # genes whose fold changes are not noise
     row["fold-change Spearman, expressed"] = float(
         np.mean([spearmanr(fb[t][top], fa[t][top])[0] for t in fb])
     )
-    mb = markers(before, types, adata.var_names)
-    ma = markers(after, types, adata.var_names)
+    mb, ma = before["markers"], after["markers"]
     row["marker recovery"] = float(np.mean([len(mb[t] & ma[t]) / N_MARKERS for t in mb]))
-    if name == "kang":
-        for g, v in isg_response(before, adata.var_names, types, batches).items():
-            row[f"{g} stim-ctrl uncorrected"] = v
-        for g, v in isg_response(after, adata.var_names, types, batches).items():
-            row[f"{g} stim-ctrl"] = v
+    for g, v in before["isg"].items():
+        row[f"{g} stim-ctrl uncorrected"] = v
+    for g, v in after["isg"].items():
+        row[f"{g} stim-ctrl"] = v
     return row
 
 
@@ -253,24 +258,18 @@ def main(argv=None) -> int:
     if ready_to_run(args):
         for name in args.datasets.split(","):
             adata = load_dataset(DATA_DIR / DATASETS[name], args.seed)
-            n = adata.n_obs
-            hidden = np.zeros(n, dtype=bool)
-            pick = np.random.default_rng(args.seed).choice(
-                n, round(HIDDEN_FRACTION * n), replace=False
-            )
-            hidden[pick] = True
-            truth = adata.obs["cell_type"].astype(str).to_numpy()
-            adata.obs["cell_type_masked"] = pd.Categorical(np.where(hidden, UNKNOWN, truth))
+            hide_labels(adata, args.seed)
             batches = adata.obs["batch"].astype(str)
             target = "ctrl" if name == "kang" else batches.value_counts().index[0]
-            before = adata.X.toarray().astype(np.float64)
+            before = summary(adata.X.toarray().astype(np.float64), adata, name)
             for method in args.methods.split(","):
                 log(f"{name} {method} (decoded as {target}) ...")
                 t = time.perf_counter()
                 after, own = corrected(method, adata, target, args.seed)
                 row = {"dataset": name, "method": method, "seed": args.seed, "target": target}
                 row["train_s"] = time.perf_counter() - t
-                row.update(scores(before, after, adata, name, own=own))
+                own = summary(own, adata, name, full=False)
+                row.update(scores(before, summary(after, adata, name), own))
                 row["code"] = git_state()
                 record_run(RUNS, row, KEY)
                 log(f"  {row}")

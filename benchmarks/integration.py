@@ -175,6 +175,17 @@ def score(adata, embeddings: dict[str, np.ndarray], seed: int) -> pd.DataFrame:
     return evaluate(ev, embedding_key=keys, labels_key="cell_type", seed=seed, n_jobs=2)
 
 
+def hide_labels(adata, seed: int) -> np.ndarray:
+    """Hide the labels of a seeded ``HIDDEN_FRACTION`` of the cells: ``obs['cell_type_masked']``
+    is ``cell_type`` with those cells set to ``UNKNOWN``; returns their boolean mask."""
+    n = adata.n_obs
+    hidden = np.zeros(n, dtype=bool)
+    hidden[np.random.default_rng(seed).choice(n, round(HIDDEN_FRACTION * n), replace=False)] = True
+    truth = adata.obs["cell_type"].astype(str).to_numpy()
+    adata.obs["cell_type_masked"] = pd.Categorical(np.where(hidden, UNKNOWN, truth))
+    return hidden
+
+
 def benchmark_dataset(adata, methods: list[str], seed: int, quick: bool):
     """Returns (metrics table, held-out table, epochs run per model)."""
     times: dict[str, float] = {"Unintegrated": 0.0}  # the PCA is shared preprocessing
@@ -194,11 +205,8 @@ def benchmark_dataset(adata, methods: list[str], seed: int, quick: bool):
         emb["Harmony"] = timed("Harmony", run_harmony, adata, seed)
 
     # Held-out labels: the same seeded random cells are hidden from scANVI and scARKIDS-sup.
-    n = adata.n_obs
-    hidden = np.zeros(n, dtype=bool)
-    hidden[np.random.default_rng(seed).choice(n, round(HIDDEN_FRACTION * n), replace=False)] = True
+    hidden = hide_labels(adata, seed)
     truth = adata.obs["cell_type"].astype(str).to_numpy()
-    adata.obs["cell_type_masked"] = pd.Categorical(np.where(hidden, UNKNOWN, truth))
     held: dict[str, dict] = {}
     held_emb: dict[str, np.ndarray] = {}
 

@@ -19,8 +19,9 @@ paired differences). About a hundred trainings in all: run it in parts.
 
 ``--variants cw5,wide,...`` trains design variants of each prior (``VARIANTS``: a lower
 classification weight, a wider and deeper noise network, the prior trained on the ELBO's
-own gradient); their rows are named ``prior[variant]`` and compared with plain
-``diffusion`` like the others.
+own gradient; these two are trained for the diffusion prior only); their rows are named
+``prior[variant]`` and compared with ``diffusion[variant]``, and ``diffusion[variant]``
+with plain ``diffusion``.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ VARIANTS = {
     "elbo": ({"prior_training": "elbo"}, {}),
 }
 #: variants that change nothing but the diffusion prior (not trained for the others)
-DIFFUSION_ONLY = {"wide": True, "elbo": True}
+DIFFUSION_ONLY = {"wide", "elbo"}
 
 
 def train(adata, labels_key: str | None, n_labels: int, prior: str, seed: int):
@@ -75,8 +76,6 @@ def train(adata, labels_key: str | None, n_labels: int, prior: str, seed: int):
 
     prior, _, variant = prior.partition("[")
     model_kwargs, train_kwargs = VARIANTS[variant.rstrip("]")] if variant else ({}, {})
-    if prior != "diffusion":
-        model_kwargs = {k: v for k, v in model_kwargs.items() if not k.startswith("noise_")}
     a = adata.copy()
     SCARKIDS.setup_anndata(
         a, batch_key="batch", labels_key=labels_key, layer="counts", unlabeled_category=UNKNOWN
@@ -203,7 +202,7 @@ def main(argv=None) -> int:
                             f"{p}[{v}]"
                             for p in priors
                             for v in args.variants.split(",")
-                            if p == "diffusion" or not DIFFUSION_ONLY.get(v)
+                            if p == "diffusion" or v not in DIFFUSION_ONLY
                         ]
                     for prior in priors:
                         if (name, mode, prior, seed) in done:

@@ -9,8 +9,8 @@ All methods see the same counts (2000 genes), 90% of cells for training, 128 hid
 10 latent dimensions, no early stopping; batch size and epochs are ``--batch_size`` and
 ``--epochs`` unless a method names its own: ``METHOD[+bf16][@BATCH][/EPOCHS]`` (``+bf16``:
 scARKIDS with mixed precision; ``auto`` as BATCH or EPOCHS, scARKIDS only: ``train()``'s own
-default, so ``scarkids-unsup@auto/auto`` is one ``train()`` with every default). On a CPU each (method, size) runs in its own process, so
-that peak RSS is that run's alone; on a GPU one process per peer (scVI, scARKIDS) reads the
+default, so ``scarkids-unsup@auto/auto`` is one ``train()`` with every default). On a CPU
+each (method, size) runs in its own process, so that peak RSS is that run's alone; on a GPU one process per peer (scVI, scARKIDS) reads the
 data once and trains its methods one after the other (peak GPU memory is then reported per
 method). The simulated counts are written to /tmp once per size (drawn on the GPU with
 ``--device cuda``). ``--scvi_max_steps`` caps scVI's optimizer steps (its cells/s are then
