@@ -55,7 +55,9 @@ def test_each_prior_trains(prior):
     """Both controls train: the latent separates the types and the classifier predicts
     them. The cell-type-conditioned mixture also integrates the batches (as the diffusion
     prior does, tests/test_model.py); N(0, I) does not on this strong batch effect: same-batch
-    neighbours 0.73 against 0.33 at random (seed 0); the mixture stays within 0.15 of random."""
+    neighbours 0.38-0.53 above the 0.33 of random (seeds 0-2), the mixture 0.13-0.21 above
+    (seeds 0-4; seed 0 gave 0.142 here and 0.162 in one full-suite run, too close to the
+    0.15 this test once asked). The bar, 0.25, lies between the two."""
     adata = strong_batch_data()
     SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
     model = SCARKIDS(adata, seed=0, prior=prior)
@@ -65,7 +67,7 @@ def test_each_prior_trains(prior):
     assert (model.predict() == adata.obs["cell_type"].to_numpy()).mean() >= 0.9
     if prior == "mixture":
         expected = random_expectation(adata.obs["batch"])
-        assert abs(same_label_fraction(z, adata.obs["batch"]) - expected) <= 0.15
+        assert abs(same_label_fraction(z, adata.obs["batch"]) - expected) <= 0.25
 
 
 @pytest.mark.parametrize("prior", ["diffusion", "gaussian", "mixture"])
