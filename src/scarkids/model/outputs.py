@@ -83,6 +83,7 @@ class ModelOutputs:
         adata = self.adata if adata is None else adata
         X, batch, _ = self._encode(adata, labels="ignore")
         encoder, n_genes = self.module.encoder, len(self.registry.gene_names)
+        weight_t = encoder.body.first.weight.t().contiguous()  # once, not per chunk
         step = min(batch_size, CSR_CHUNK)  # small chunks stay in the caches
         for start in range(0, adata.n_obs, step):
             sl = slice(start, min(start + step, adata.n_obs))
@@ -97,11 +98,11 @@ class ModelOutputs:
                 c = X[sl]
                 indptr, indices, data = c.indptr, c.indices, c.data
             index = np.int64 if data.size >= 2**31 else np.int32
-            values = torch.as_tensor(encoder.transform_csr(indptr, data))
+            values = encoder.transform_csr(indptr, data)
             crow = torch.as_tensor(indptr.astype(index, copy=False))
             col = torch.as_tensor(indices.astype(index, copy=False))
             b = torch.as_tensor(batch[sl])
-            yield sl, *encoder.forward_csr(crow, col, values, n_genes, b)
+            yield sl, *encoder.forward_csr(crow, col, values, n_genes, b, weight_t)
 
     def _batch_indices(self, transform_batch) -> list[int] | None:
         if transform_batch is None:
@@ -163,20 +164,42 @@ class ModelOutputs:
             expression, genes in the model's order.
         """
         targets = self._batch_indices(transform_batch)
+        for sl, rho in self._decoded(adata, targets, library_size, batch_size, latent):
+            yield sl, rho.float().cpu().numpy()
+
+    @torch.no_grad()
+    def _decoded(
+        self,
+        adata,
+        targets: list[int] | None,
+        library_size: float,
+        batch_size: int,
+        latent: np.ndarray | None = None,
+        out: np.ndarray | None = None,
+    ) -> Iterator[tuple[slice, torch.Tensor]]:
+        """``(cell slice, expression)`` chunks of :meth:`iter_normalized_expression`. With
+        ``out`` (``(n_cells, n_genes)`` float32, on a CPU) each chunk is computed in its rows
+        of ``out``: no temporary and no copy of the ``(cells, genes)`` result."""
         self.module.eval()
         if latent is None:  # encoded first (sparse on CPUs); then only the batches are read
             latent = self.get_latent_representation(adata)
         decoder = self.module.decoder
+        into = out is not None and self.device.type == "cpu"
+        share = library_size / (1 if targets is None else len(targets))
+        scratch = None  # the second and later target batches of an average
         for sl, _, b in self._chunks(adata, batch_size, counts=False):
             z = torch.as_tensor(latent[sl], device=self.device)
+            dest = torch.from_numpy(out[sl]) if into else None
             if targets is None:
-                rho = decoder.normalized_expression(z, b)
-            else:
-                rho = decoder.normalized_expression(z, b, batch=targets[0])
-                for t in targets[1:]:
-                    rho += decoder.normalized_expression(z, b, batch=t)
-                rho /= len(targets)
-            yield sl, rho.mul_(library_size).float().cpu().numpy()
+                yield sl, decoder.normalized_expression(z, b, out=dest, total=share)
+                continue
+            rho = decoder.normalized_expression(z, b, batch=targets[0], out=dest, total=share)
+            for t in targets[1:]:
+                if into and (scratch is None or scratch.shape[0] < z.shape[0]):
+                    scratch = torch.empty((z.shape[0], rho.shape[1]))
+                part = None if scratch is None else scratch[: z.shape[0]]
+                rho += decoder.normalized_expression(z, b, batch=t, out=part, total=share)
+            yield sl, rho
 
     def get_normalized_expression(
         self,
@@ -217,14 +240,14 @@ class ModelOutputs:
             the model's gene names as columns.
         """
         adata_ = self.adata if adata is None else adata
+        targets = self._batch_indices(transform_batch)
         out = np.empty((adata_.n_obs, len(self.registry.gene_names)), dtype=np.float32)
-        for sl, chunk in self.iter_normalized_expression(
-            adata_,
-            transform_batch=transform_batch,
-            library_size=library_size,
-            batch_size=batch_size,
+        in_place = self.device.type == "cpu"  # each chunk is computed in its rows of out
+        for sl, rho in self._decoded(
+            adata_, targets, library_size, batch_size, out=out if in_place else None
         ):
-            out[sl] = chunk
+            if not in_place:
+                out[sl] = rho.float().cpu().numpy()
         if return_numpy:
             return out
         return pd.DataFrame(out, index=adata_.obs_names, columns=self.registry.gene_names)
