@@ -15,7 +15,8 @@ data once and trains its methods one after the other (peak GPU memory is then re
 method). The simulated counts are written to /tmp once per size (drawn on the GPU with
 ``--device cuda``). ``--scvi_max_steps`` caps scVI's optimizer steps (its cells/s are then
 those steps' cells over their time: at batch 128 one GPU epoch of 1M cells takes scVI
-minutes). Inference (embedding, corrected expression, 100 refinement steps) is timed for
+minutes). Inference (embedding, corrected expression, 100 refinement steps, and the same
+refinement with the strided sampler's 25 reverse steps) is timed for
 the first method of each process. Prints a table (cells/s, ratio to the first scVI method,
 peak memory) and writes it to benchmarks/results/speed_<device>_<sizes>.md.
 """
@@ -42,6 +43,7 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+STRIDED_STEPS = 25  # the strided refinement's reverse steps (of 100)
 SIMULATION = dict(n_batches=4, n_cell_types=8, library_size=1500.0)
 
 
@@ -206,6 +208,9 @@ def run_method(method, adata, batch_size, epochs, device, *, inference, args) ->
     t = time.perf_counter()
     model.refine_latent(latent=z[:n_ref], n_steps=100)  # the latent is computed above
     out["refine_cells_per_s"] = n_ref / (time.perf_counter() - t)
+    t = time.perf_counter()  # the strided sampler: noised to step 100, 25 reverse steps
+    model.refine_latent(latent=z[:n_ref], n_steps=100, n_sampling_steps=STRIDED_STEPS)
+    out["refine_strided_cells_per_s"] = n_ref / (time.perf_counter() - t)
     return out
 
 
@@ -233,9 +238,10 @@ def table(rows: list[dict], gpu: bool) -> str:
     head = (
         "| cells | method | batch | epochs | train cells/s | ratio vs scVI "
         "| steady epoch cells/s | embed cells/s "
-        "| corrected expr. cells/s | refine (100 steps) cells/s | peak RSS GiB |"
+        "| corrected expr. cells/s | refine (100 steps) cells/s "
+        f"| refine (100 -> {STRIDED_STEPS} strided) cells/s | peak RSS GiB |"
     )
-    lines = [head + (" peak GPU GiB |" if gpu else ""), "|---" * (11 + gpu) + "|"]
+    lines = [head + (" peak GPU GiB |" if gpu else ""), "|---" * (12 + gpu) + "|"]
     by_size: dict[int, list[dict]] = {}
     for r in rows:
         by_size.setdefault(r["n_cells"], []).append(r)
@@ -245,7 +251,7 @@ def table(rows: list[dict], gpu: bool) -> str:
         base = scvi[0]["train_cells_per_s"] if scvi else None
         for r in runs:
             if "error" in r:
-                lines.append(f"| {n:,} | {r['method']} | error: {r['error']} |" + " |" * (8 + gpu))
+                lines.append(f"| {n:,} | {r['method']} | error: {r['error']} |" + " |" * (9 + gpu))
                 continue
             ratio = f"{r['train_cells_per_s'] / base:.2f}" if base else "-"
             line = (
@@ -253,6 +259,7 @@ def table(rows: list[dict], gpu: bool) -> str:
                 f"| {fmt(r['train_cells_per_s'])} | {ratio} | {fmt(r.get('epoch_cells_per_s'))} "
                 f"| {fmt(r.get('embed_cells_per_s'))} "
                 f"| {fmt(r.get('expression_cells_per_s'))} | {fmt(r.get('refine_cells_per_s'))} "
+                f"| {fmt(r.get('refine_strided_cells_per_s'))} "
                 f"| {r['peak_rss_gib']:.2f} |"
             )
             lines.append(line + (f" {r['gpu_peak_gib']:.2f} |" if gpu else ""))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -235,6 +236,20 @@ def test_inference_refinement_and_target_batch_by_name(model_dir, capsys, monkey
     np.testing.assert_allclose(refined, np.load(model_dir / "refined" / "latent_embeddings.npy"))
     assert not np.allclose(refined, corrected.obsm["X_scarkids"])
     assert corrected.uns["scarkids"]["target_batch"] == "batch_1"
+
+
+def test_inference_strided_refinement(model_dir, capsys, monkeypatch):
+    """inference.n_refinement_sampling_steps: the strided sampler, said in the log and run_info."""
+    monkeypatch.chdir(model_dir)
+    inference = {"use_ddpm_refinement": True, "n_refinement_sampling_steps": 3}
+    write_config(model_dir / "strided.yaml", inference=inference)
+    rc, out, err = run(["infer", "--config", "strided.yaml", "--output_dir", "strided"], capsys)
+    assert rc == 0, err
+    assert "strided sampler: 3 reverse steps" in out + err
+    info = json.loads((model_dir / "strided" / "run_info.json").read_text())
+    assert info["refinement"] == {"used": True, "n_steps": 10, "n_sampling_steps": 3}
+    latent = np.load(model_dir / "strided" / "latent_embeddings.npy")
+    assert latent.shape[1] == 4 and np.isfinite(latent).all()
 
 
 def test_inference_bad_target_batch_writes_nothing(model_dir, capsys, monkeypatch):

@@ -281,6 +281,15 @@ def test_refinement_steps_cannot_exceed_diffusion_steps():
     assert cfg["inference"]["n_refinement_steps"] == 50
 
 
+def test_refinement_sampling_steps_cannot_exceed_refinement_steps():
+    message = config_error({"inference": {"n_refinement_sampling_steps": 101}})
+    assert "inference.n_refinement_sampling_steps" in message
+    assert "inference.n_refinement_steps (100)" in message and "got 101" in message
+    cfg = resolve_config({"inference": {"n_refinement_sampling_steps": 25}})
+    assert cfg["inference"]["n_refinement_sampling_steps"] == 25
+    assert resolve_config({})["inference"]["n_refinement_sampling_steps"] is None
+
+
 # --------------------------------------------------------------------------- warnings
 
 

@@ -10,6 +10,7 @@ import torch
 
 import scarkids
 from scarkids import SCARKIDS
+from scarkids.errors import InputDataError
 from scarkids.module.diffusion import DiffusionPrior
 
 
@@ -78,3 +79,105 @@ def test_shared_step_equals_the_per_row_step():
             ref = prior.net(z, t, lab)
             fast = prior.net.at_step(z, step, prior.net.label(lab))
             torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_in_place_expression_equals_the_generative_model(model):
+    """get_normalized_expression computes each chunk in its rows of the output (CPU): the
+    same numbers as the generative model's rho, for one target batch, an average of
+    several, and each cell's own batch; chunks that do not divide the cells."""
+    z = torch.as_tensor(model.get_latent_representation())
+    own = torch.as_tensor(model.adata.obs["batch"].cat.codes.to_numpy().astype(np.int64))
+    with torch.no_grad():
+
+        def rho(b):
+            return model.module.generative(z, b, None)["log_rho"].exp().numpy() * 1e4
+
+        ref_own = rho(own)
+        ref_one = rho(torch.full_like(own, 1))
+        ref_avg = (rho(torch.zeros_like(own)) + ref_one + rho(torch.full_like(own, 2))) / 3
+    kw = dict(return_numpy=True, batch_size=97)
+    np.testing.assert_allclose(model.get_normalized_expression(**kw), ref_own, rtol=1e-4, atol=1e-4)
+    one = model.get_normalized_expression(transform_batch="batch_1", **kw)
+    np.testing.assert_allclose(one, ref_one, rtol=1e-4, atol=1e-4)
+    avg = model.get_normalized_expression(transform_batch=[0, 1, 2], **kw)
+    np.testing.assert_allclose(avg, ref_avg, rtol=1e-4, atol=1e-4)
+    chunks = np.concatenate(
+        [c for _, c in model.iter_normalized_expression(transform_batch=[0, 1, 2], batch_size=97)]
+    )
+    np.testing.assert_allclose(chunks, avg, rtol=1e-5, atol=1e-5)
+
+
+def test_reverse_chain_equals_the_plain_ddpm_loop():
+    """denoise (step rows computed once, blocks in place, coefficients as numbers) gives
+    the textbook reverse chain: mean (z - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t),
+    plus sqrt(beta_t) noise, with eps from the network's plain forward."""
+    torch.manual_seed(0)
+    prior = DiffusionPrior(6, 4, n_steps=60).eval()
+    for p in prior.parameters():
+        p.data.normal_(0, 0.2)
+    z, lab = torch.randn(40, 6), torch.randint(0, 5, (40,))
+    with torch.no_grad():
+        fast = prior.denoise(z, lab, 45, generator=torch.Generator().manual_seed(3))
+        gen, ref = torch.Generator().manual_seed(3), z
+        for step in range(45, 0, -1):
+            i = step - 1
+            eps = prior.net(ref, torch.full((40,), step), lab)
+            ref = (ref - prior.betas[i] / (1 - prior.abar[i]).sqrt() * eps) / prior.alphas[i].sqrt()
+            if step > 1:
+                ref = ref + prior.betas[i].sqrt() * torch.randn(ref.shape, generator=gen)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_strided_refinement_is_the_textbook_ddim_chain_from_the_noised_codes():
+    """refine(n_sampling_steps=K): q noises the codes to step n, then K evenly spaced
+    reverse steps of DDIM with eta = 1 (z_s = sqrt(abar_s) z0_hat + sqrt(1 - abar_s -
+    sigma^2) eps_hat + sigma noise), written out here with tensors; K = n is the full
+    chain, K outside 1..n an error."""
+    torch.manual_seed(0)
+    prior = DiffusionPrior(6, 4, n_steps=100).eval()
+    for p in prior.parameters():
+        p.data.normal_(0, 0.2)
+    z0, lab = torch.randn(40, 6), torch.randint(0, 5, (40,))
+    with torch.no_grad():
+        fast = prior.refine(
+            z0, lab, 60, n_sampling_steps=7, generator=torch.Generator().manual_seed(5)
+        )
+        gen = torch.Generator().manual_seed(5)
+        t = torch.full((40,), 60)
+        z = prior.diffuse(z0, t, torch.randn(z0.shape, generator=gen))
+        steps = [60, 50, 40, 30, 21, 11, 1]  # linspace(60, 1, 7), rounded
+        for k, step in enumerate(steps):
+            eps = prior.net(z, torch.full((40,), step), lab)
+            a = prior.abar[step - 1]
+            z0_hat = (z - (1 - a).sqrt() * eps) / a.sqrt()
+            if k + 1 == len(steps):
+                break
+            a_s = prior.abar[steps[k + 1] - 1]
+            var = (1 - a_s) / (1 - a) * (1 - a / a_s)
+            z = a_s.sqrt() * z0_hat + (1 - a_s - var).sqrt() * eps
+            z = z + var.sqrt() * torch.randn(z.shape, generator=gen)
+        full = prior.refine(
+            z0, lab, 60, n_sampling_steps=60, generator=torch.Generator().manual_seed(5)
+        )
+        chain = prior.refine(z0, lab, 60, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(fast, z0_hat, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(full, chain)
+    assert not torch.allclose(fast, chain, atol=1e-3)  # a different sampler, not the same chain
+    for bad in (0, 61):
+        with pytest.raises(ValueError, match="n_sampling_steps"):
+            prior.refine(z0, lab, 60, n_sampling_steps=bad)
+
+
+def test_refine_latent_strided_option(model):
+    """The model's refine_latent takes the strided sampler: K = n_steps is the full chain,
+    a K outside 1..n_steps a one-line InputDataError naming the config key."""
+    z = model.get_latent_representation()
+    full = model.refine_latent(latent=z, n_steps=12, seed=1)
+    np.testing.assert_array_equal(
+        model.refine_latent(latent=z, n_steps=12, n_sampling_steps=12, seed=1), full
+    )
+    strided = model.refine_latent(latent=z, n_steps=12, n_sampling_steps=4, seed=1)
+    assert strided.shape == z.shape and np.isfinite(strided).all()
+    assert not np.allclose(strided, full)
+    with pytest.raises(InputDataError, match="n_refinement_sampling_steps"):
+        model.refine_latent(latent=z, n_steps=12, n_sampling_steps=13)

@@ -115,9 +115,15 @@ def _compute(cfg, run: _Run, timer: _Timer) -> dict[str, Any]:
             seed=cfg["training"]["seed"],
             batch_size=inf["batch_size"],
             latent=latent,
+            n_sampling_steps=inf["n_refinement_sampling_steps"],
         )
         timer.lap("refine")
-        log.info("Refined the latent with %d denoising steps", inf["n_refinement_steps"])
+        sampling = inf["n_refinement_sampling_steps"]
+        log.info(
+            "Refined the latent with %d denoising steps%s",
+            inf["n_refinement_steps"],
+            "" if sampling is None else f" (strided sampler: {sampling} reverse steps)",
+        )
     predictions = model.predict_with_uncertainty(
         adata,
         confidence_threshold=inf["confidence_threshold"],
@@ -189,6 +195,7 @@ def _run_info(cfg, config_path, run: _Run, outputs, written, timings) -> dict[st
         "refinement": {
             "used": refined is not None,
             "n_steps": inf["n_refinement_steps"] if refined is not None else None,
+            "n_sampling_steps": inf["n_refinement_sampling_steps"] if refined is not None else None,
         },
         "device": str(run.device),
         "versions": versions(),

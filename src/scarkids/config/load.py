@@ -289,6 +289,13 @@ def _cross_check(cfg: dict, bodies: dict, source: str) -> None:
             "inference.n_refinement_steps",
             f"must be <= global.n_diffusion_steps ({steps}), got {inf['n_refinement_steps']}",
         )
+    sampling = inf["n_refinement_sampling_steps"]
+    if sampling is not None and sampling > inf["n_refinement_steps"]:
+        _fail(
+            source,
+            "inference.n_refinement_sampling_steps",
+            f"must be <= inference.n_refinement_steps ({inf['n_refinement_steps']}), got {sampling}",
+        )
 
 
 def _warn_legacy(cfg: dict, source: str) -> None:

@@ -205,6 +205,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "inference": {
         "use_ddpm_refinement": Key("bool", False),
         "n_refinement_steps": Key("int", 100, ge=1, help="<= global.n_diffusion_steps"),
+        "n_refinement_sampling_steps": Key(
+            "int",
+            None,
+            optional=True,
+            ge=1,
+            help="reverse steps of the refinement (strided sampler); null = n_refinement_steps",
+        ),
         "default_target_batch": Key("int_or_str", 0, ge=0, help="batch index or name"),
         "confidence_threshold": Key("float", 0.5, ge=0, le=1),
         "novelty_quantile": Key(

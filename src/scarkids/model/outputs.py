@@ -395,6 +395,7 @@ class ModelOutputs:
         seed: int = 0,
         batch_size: int = 4096,
         latent: np.ndarray | None = None,
+        n_sampling_steps: int | None = None,
     ) -> np.ndarray:
         """DDPM (SDEdit) refinement: noise each encoder mean to step ``n_steps`` and denoise
         with ``p_psi(z | c)``, c = the given labels (names) or the predicted ones.
@@ -422,6 +423,13 @@ class ModelOutputs:
         latent
             ``(n_cells, n_latent)`` float32 codes from :meth:`get_latent_representation`;
             ``adata`` is then not read. ``None`` encodes the cells of ``adata``.
+        n_sampling_steps
+            Reverse steps from ``n_steps`` back to 0. ``None`` (or ``n_steps``): all of
+            them, the ancestral chain. Fewer: the strided ancestral sampler (DDIM, eta = 1)
+            over that many evenly spaced steps, about ``n_steps / n_sampling_steps`` times
+            faster; its effect on the scIB scores is measured by
+            ``benchmarks/refine_steps.py``. Between 1 and ``n_steps``, otherwise
+            :class:`~scarkids.errors.InputDataError`.
 
         Returns
         -------
@@ -436,6 +444,10 @@ class ModelOutputs:
         if not 1 <= n_steps <= self.module.prior.n_steps:
             raise InputDataError(
                 f"n_refinement_steps must be between 1 and n_diffusion_steps ({self.module.prior.n_steps}), got {n_steps}"
+            )
+        if n_sampling_steps is not None and not 1 <= n_sampling_steps <= n_steps:
+            raise InputDataError(
+                f"n_refinement_sampling_steps must be between 1 and n_refinement_steps ({n_steps}), got {n_sampling_steps}"
             )
         z = (
             self.get_latent_representation(adata, batch_size=batch_size)
@@ -456,5 +468,8 @@ class ModelOutputs:
             lab = torch.as_tensor(
                 codes[start : start + batch_size] + LABEL_OFFSET, device=self.device
             )
-            out.append(self.module.prior.refine(zt, lab, n_steps, generator=gen).cpu().numpy())
+            refined = self.module.prior.refine(
+                zt, lab, n_steps, n_sampling_steps=n_sampling_steps, generator=gen
+            )
+            out.append(refined.cpu().numpy())
         return np.concatenate(out, 0).astype(np.float32)

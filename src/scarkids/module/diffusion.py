@@ -25,6 +25,7 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 BetaSchedule = Literal["linear", "cosine", "quadratic"]
@@ -133,10 +134,24 @@ class NoisePredictor(nn.Module):
             h = h + block(h)
         return self.output(h)
 
-    def at_step(self, z_t: torch.Tensor, step: int, label_h: torch.Tensor) -> torch.Tensor:
+    def step_rows(self, steps: torch.Tensor) -> torch.Tensor:
+        """The step part of the first hidden layer, ``time(embedding(t)) + input.bias``, for
+        each step in ``steps`` (k,) -> ``(k, hidden)``: a reverse chain computes all its rows
+        at once instead of one small network call per step."""
+        return self.time(timestep_embedding(steps, self.timestep_embed_dim)) + self.input.bias
+
+    def at_step(
+        self,
+        z_t: torch.Tensor,
+        step: int,
+        label_h: torch.Tensor,
+        step_row: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``eps_psi(z_t, step, c)`` with one step for every row and the label embedding
         ``label_h = self.label(label_index)`` (n, hidden) computed once by the caller: the
-        reverse chains' form, where the step embedding is one row, not n.
+        reverse chains' form, where the step embedding is one row, not n. Without autograd
+        and in eval mode the residual blocks run in place (no ``(n, hidden)`` temporaries
+        beyond one per block).
 
         Parameters
         ----------
@@ -146,6 +161,8 @@ class NoisePredictor(nn.Module):
             The diffusion step, 1..T, shared by every row.
         label_h
             ``(n, hidden)`` label embeddings of the rows.
+        step_row
+            ``step_rows`` of this step, ``(hidden,)``; ``None`` computes it.
 
         Returns
         -------
@@ -153,9 +170,19 @@ class NoisePredictor(nn.Module):
             ``(n, d)`` predicted noise (equal to :meth:`forward` with ``t`` filled with
             ``step``).
         """
-        t = torch.full((1,), step, device=z_t.device, dtype=torch.long)
-        time_h = self.time(timestep_embedding(t, self.timestep_embed_dim))
-        return self._trunk(self.input(z_t) + time_h + label_h)
+        if step_row is None:
+            t = torch.full((1,), step, device=z_t.device, dtype=torch.long)
+            step_row = self.step_rows(t)[0]
+        h = torch.add(label_h, step_row).addmm_(z_t, self.input.weight.t())
+        if torch.is_grad_enabled() or self.training:
+            return self._trunk(h)
+        for block in self.blocks:  # LayerNorm, SiLU, Dropout (identity in eval), Linear
+            norm, linear = block[0], block[3]
+            a = F.silu(F.layer_norm(h, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
+            h.add_(linear.bias).addmm_(a, linear.weight.t())
+        norm, linear = self.output[0], self.output[2]
+        a = F.silu(F.layer_norm(h, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
+        return torch.addmm(linear.bias, a, linear.weight.t())
 
 
 class DiffusionPrior(nn.Module):
@@ -427,17 +454,22 @@ class DiffusionPrior(nn.Module):
         torch.Tensor
             ``(n, d)`` codes ``z_0``.
         """
-        z = z_start
         label_h = self.net.label(label_index)  # the same at every step
+        steps = torch.arange(1, start_step + 1, device=z_start.device)
+        step_rows = self.net.step_rows(steps)  # every step's row in one call
+        # the chain's coefficients as Python numbers: no tensor indexing per step
+        betas, abar = self.betas[:start_step].double(), self.abar[:start_step].double()
+        eps_coef = (betas / (1 - abar).sqrt()).tolist()
+        inv_sqrt_alpha = (1 / self.alphas[:start_step].double().sqrt()).tolist()
+        noise_sd = betas.sqrt().tolist()
+        z = z_start
         for step in range(start_step, 0, -1):
-            eps_hat = self.net.at_step(z, step, label_h)
             i = step - 1
-            mean = (z - self.betas[i] / (1 - self.abar[i]).sqrt() * eps_hat) / self.alphas[i].sqrt()
+            eps_hat = self.net.at_step(z, step, label_h, step_rows[i])
+            z = torch.add(z, eps_hat, alpha=-eps_coef[i]).mul_(inv_sqrt_alpha[i])  # the mean
             if step > 1:
                 noise = torch.randn(z.shape, device=z.device, generator=generator, dtype=z.dtype)
-                z = mean + self.betas[i].sqrt() * noise
-            else:
-                z = mean
+                z.add_(noise, alpha=noise_sd[i])
         return z
 
     @torch.no_grad()
@@ -447,6 +479,7 @@ class DiffusionPrior(nn.Module):
         label_index: torch.Tensor,
         n_steps: int,
         *,
+        n_sampling_steps: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """SDEdit: noise ``z0`` to step ``n_steps`` with q, then denoise with ``p_psi(z | c)``.
@@ -459,6 +492,11 @@ class DiffusionPrior(nn.Module):
             ``(n,)`` noise-network label indices c (0 = null, k + 1 = cell type k).
         n_steps
             Step the codes are noised to, in 1..T.
+        n_sampling_steps
+            Reverse steps from ``n_steps`` down to 0: ``None`` or ``n_steps`` runs every
+            step (the ancestral chain, :meth:`denoise`); fewer runs the strided ancestral
+            sampler over that many evenly spaced steps (:meth:`ddim` with eta = 1), about
+            ``n_steps / n_sampling_steps`` times faster.
         generator
             Random number generator of the noise (on the device of ``z0``); ``None`` uses
             torch's global one.
@@ -468,9 +506,18 @@ class DiffusionPrior(nn.Module):
         torch.Tensor
             ``(n, d)`` refined codes.
         """
+        if n_sampling_steps is not None and not 1 <= n_sampling_steps <= n_steps:
+            raise ValueError(
+                f"n_sampling_steps must be between 1 and n_steps ({n_steps}), got {n_sampling_steps}"
+            )
         t = torch.full((z0.shape[0],), n_steps, device=z0.device, dtype=torch.long)
         eps = torch.randn(z0.shape, device=z0.device, generator=generator, dtype=z0.dtype)
-        return self.denoise(self.diffuse(z0, t, eps), label_index, n_steps, generator=generator)
+        z_t = self.diffuse(z0, t, eps)
+        if n_sampling_steps is None or n_sampling_steps == n_steps:
+            return self.denoise(z_t, label_index, n_steps, generator=generator)
+        return self.ddim(
+            z_t, label_index, n_sampling_steps, start_step=n_steps, generator=generator
+        )
 
     @torch.no_grad()
     def sample(
@@ -518,9 +565,11 @@ class DiffusionPrior(nn.Module):
         n_steps: int,
         *,
         eta: float = 1.0,
+        start_step: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """DDIM (Song et al. 2021) from step T to 0 over ``n_steps`` evenly strided steps.
+        """DDIM (Song et al. 2021) from step T (or ``start_step``) to 0 over ``n_steps``
+        evenly strided steps.
 
         From step t to the next step s < t: ``z_s = sqrt(abar_s) z0_hat +
         sqrt(1 - abar_s - sigma^2) eps_hat + sigma * noise``, with ``sigma^2 = eta^2
@@ -531,13 +580,15 @@ class DiffusionPrior(nn.Module):
         Parameters
         ----------
         z_T
-            ``(n, d)`` codes at step T.
+            ``(n, d)`` codes at step T (at ``start_step`` when given).
         label_index
             ``(n,)`` noise-network label indices.
         n_steps
-            Number of steps, 1 to T.
+            Number of steps, 1 to T (to ``start_step``).
         eta
             Share of the posterior noise added at each step (0 to 1).
+        start_step
+            Step of ``z_T``, 1 to T; ``None``: T (sampling; a refinement starts lower).
         generator
             Random number generator of the added noise; ``None`` uses torch's global one.
 
@@ -546,22 +597,24 @@ class DiffusionPrior(nn.Module):
         torch.Tensor
             ``(n, d)`` codes ``z_0``.
         """
-        steps = sorted(
-            {round(s) for s in torch.linspace(self.n_steps, 1, n_steps).tolist()}, reverse=True
-        )
+        top = self.n_steps if start_step is None else start_step
+        steps = sorted({round(s) for s in torch.linspace(top, 1, n_steps).tolist()}, reverse=True)
         z, label_h = z_T, self.net.label(label_index)
+        step_rows = self.net.step_rows(torch.tensor(steps, device=z_T.device))
+        abars = self.abar.double().tolist()  # coefficients as numbers: no tensor ops per step
         for k, step in enumerate(steps):
-            eps_hat = self.net.at_step(z, step, label_h)
-            abar = self.abar[step - 1]
-            z0_hat = (z - (1 - abar).sqrt() * eps_hat) / abar.sqrt()
+            eps_hat = self.net.at_step(z, step, label_h, step_rows[k])
+            abar = abars[step - 1]
+            z0_hat = torch.add(z, eps_hat, alpha=-math.sqrt(1 - abar)).div_(math.sqrt(abar))
             if k + 1 == len(steps):
                 return z0_hat
-            abar_s = self.abar[steps[k + 1] - 1]
+            abar_s = abars[steps[k + 1] - 1]
             var = eta**2 * (1 - abar_s) / (1 - abar) * (1 - abar / abar_s)
-            z = abar_s.sqrt() * z0_hat + (1 - abar_s - var).clamp_min(0).sqrt() * eps_hat
+            z = z0_hat.mul_(math.sqrt(abar_s))
+            z.add_(eps_hat, alpha=math.sqrt(max(1 - abar_s - var, 0.0)))
             if eta > 0:
                 noise = torch.randn(z.shape, device=z.device, generator=generator, dtype=z.dtype)
-                z = z + var.sqrt() * noise
+                z.add_(noise, alpha=math.sqrt(var))
         return z
 
 
