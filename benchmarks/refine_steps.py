@@ -51,7 +51,8 @@ def main() -> None:
     log(f"{args.dataset}: {adata.n_obs:,} cells; training scARKIDS-sup ...")
     model, a = train_scarkids(adata, "cell_type", n_labels, args.seed, quick=False)
     z = model.get_latent_representation(a)
-    embeddings, rows = {"not refined": z}, {"not refined": {}}
+    embeddings = {"not refined": z}
+    rows = {"not refined": {"noised to step": 0, "reverse steps": 0, "sampler": "-"}}
     for n in (int(s) for s in args.n_steps.split(",")):
         runs = [(n, args.seed, "full chain"), (n, args.seed + 1, "full chain, 2nd noise seed")]
         runs += [(k, args.seed, "strided") for k in map(int, args.sampling_steps.split(","))]
@@ -70,7 +71,7 @@ def main() -> None:
     log("scoring ...")
     table = score(adata, embeddings, args.seed)[SCORES]
     out = pd.DataFrame.from_dict(rows, orient="index").join(table.round(4))
-    for n in out["noised to step"].dropna().unique():
+    for n in out["noised to step"].unique()[1:]:
         same = out["noised to step"] == n
         full = out.loc[same & (out["sampler"] == "full chain"), "Total"].iloc[0]
         out.loc[same, "Total − full chain"] = (out.loc[same, "Total"] - full).round(4)
