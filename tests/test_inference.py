@@ -67,12 +67,17 @@ def test_softmax_decoder_equals_exp_log_rho(model):
     np.testing.assert_allclose(expr.sum(1), 1e4, rtol=1e-4)
 
 
-def test_shared_step_equals_the_per_row_step():
+def random_prior(n_steps: int, n: int):
+    """An eval-mode prior (latent 6, 4 types) with random weights, n codes and labels."""
     torch.manual_seed(0)
-    prior = DiffusionPrior(6, 4, n_steps=50).eval()
+    prior = DiffusionPrior(6, 4, n_steps=n_steps).eval()
     for p in prior.parameters():
         p.data.normal_(0, 0.2)
-    z, lab = torch.randn(30, 6), torch.randint(0, 5, (30,))
+    return prior, torch.randn(n, 6), torch.randint(0, 5, (n,))
+
+
+def test_shared_step_equals_the_per_row_step():
+    prior, z, lab = random_prior(50, 30)
     with torch.no_grad():
         for step in (1, 17, 50):
             t = torch.full((30,), step)
@@ -111,11 +116,7 @@ def test_reverse_chain_equals_the_plain_ddpm_loop():
     """denoise (step rows computed once, blocks in place, coefficients as numbers) gives
     the textbook reverse chain: mean (z - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t),
     plus sqrt(beta_t) noise, with eps from the network's plain forward."""
-    torch.manual_seed(0)
-    prior = DiffusionPrior(6, 4, n_steps=60).eval()
-    for p in prior.parameters():
-        p.data.normal_(0, 0.2)
-    z, lab = torch.randn(40, 6), torch.randint(0, 5, (40,))
+    prior, z, lab = random_prior(60, 40)
     with torch.no_grad():
         fast = prior.denoise(z, lab, 45, generator=torch.Generator().manual_seed(3))
         gen, ref = torch.Generator().manual_seed(3), z
@@ -133,11 +134,7 @@ def test_strided_refinement_is_the_textbook_ddim_chain_from_the_noised_codes():
     reverse steps of DDIM with eta = 1 (z_s = sqrt(abar_s) z0_hat + sqrt(1 - abar_s -
     sigma^2) eps_hat + sigma noise), written out here with tensors; K = n is the full
     chain, K outside 1..n an error."""
-    torch.manual_seed(0)
-    prior = DiffusionPrior(6, 4, n_steps=100).eval()
-    for p in prior.parameters():
-        p.data.normal_(0, 0.2)
-    z0, lab = torch.randn(40, 6), torch.randint(0, 5, (40,))
+    prior, z0, lab = random_prior(100, 40)
     with torch.no_grad():
         fast = prior.refine(
             z0, lab, 60, n_sampling_steps=7, generator=torch.Generator().manual_seed(5)
