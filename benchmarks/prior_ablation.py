@@ -13,7 +13,8 @@ scored on the labelled cells.
 
 ``--hidden 0.6,0.9`` hides those shares of the labelled cells instead of 20% in supervised
 mode (recorded as modes ``sup60``, ``sup90``): does the prior matter more as labels get
-scarce?
+scarce? ``--datasets kang_all --unlabelled 3000`` keeps a seeded 3,000 of kang_all's 8,911
+unlabelled cells (dataset ``kang_all@3000u``; the labelled cells and the genes unchanged).
 
 Each run is appended to ``benchmarks/results/prior_ablation/runs.jsonl`` (a rerun of the same
 dataset / mode / prior / seed replaces its row), and ``benchmarks/results/prior_ablation.md``
@@ -89,6 +90,18 @@ def train(adata, labels_key: str | None, n_labels: int, prior: str, seed: int):
     )
     model.train(seed=seed, progress_bar=False, **train_kwargs)
     return model, a
+
+
+def keep_unlabelled(adata, n: int, seed: int):
+    """``adata`` with a seeded random ``n`` of its unlabelled cells (all labelled cells kept;
+    the genes, chosen on the whole dataset, unchanged)."""
+    unlabelled = np.flatnonzero(adata.obs["cell_type"].astype(str).to_numpy() == UNLABELLED)
+    if not 0 <= n <= unlabelled.size:
+        raise SystemExit(f"--unlabelled must be between 0 and {unlabelled.size}, got {n}")
+    drop = np.random.default_rng(seed).choice(unlabelled, unlabelled.size - n, replace=False)
+    keep = np.ones(adata.n_obs, dtype=bool)
+    keep[drop] = False
+    return adata[keep].copy()
 
 
 def sup_mode(hidden: float) -> str:
@@ -194,6 +207,12 @@ def main(argv=None) -> int:
         help="supervised mode: shares of the labelled cells whose labels are hidden, "
         "comma-separated; a share other than 0.2 is recorded as mode sup<percent> (sup90)",
     )
+    parser.add_argument(
+        "--unlabelled",
+        type=int,
+        help="kang_all: keep a seeded N of its unlabelled cells (recorded as dataset "
+        "kang_all@Nu): does the diffusion prior's lead follow the number of cells?",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--table", action="store_true", help="only rebuild the table")
     parser.add_argument(
@@ -214,6 +233,9 @@ def main(argv=None) -> int:
                 continue
             for seed in (int(s) for s in args.seeds.split(",")):
                 adata = load_dataset(path, seed)
+                if args.unlabelled is not None:
+                    adata = keep_unlabelled(adata, args.unlabelled, seed)
+                    name = f"{name.split('@')[0]}@{args.unlabelled}u"
                 modes = []  # (recorded mode, hidden share)
                 for mode in args.modes.split(","):
                     if mode == "sup":
