@@ -104,10 +104,12 @@ def keep_unlabelled(adata, n: int, seed: int):
     return adata[keep].copy()
 
 
-def sup_mode(hidden: float) -> str:
-    """The mode recorded for a supervised run that hides ``hidden`` of the labelled cells:
-    ``sup`` at the default 20%, else ``sup<percent>`` (``sup90``)."""
-    return "sup" if hidden == HIDDEN_FRACTION else f"sup{round(100 * hidden)}"
+def recorded_mode(mode: str, hidden: float) -> str:
+    """The mode a run is recorded under: ``unsup``; ``sup`` for a supervised run that hides
+    the default 20% of the labelled cells, else ``sup<percent>`` (``sup90``)."""
+    if mode == "unsup" or hidden == HIDDEN_FRACTION:
+        return mode
+    return f"sup{round(100 * hidden)}"
 
 
 def run_one(
@@ -116,7 +118,8 @@ def run_one(
     truth = adata.obs["cell_type"].astype(str).to_numpy()
     labelled = truth != UNLABELLED
     k = len(np.unique(truth[labelled]))
-    row = {"dataset": name, "mode": mode, "prior": prior, "seed": seed, "code": git_state()}
+    row = {"dataset": name, "mode": recorded_mode(mode, hidden_fraction), "prior": prior}
+    row.update({"seed": seed, "hidden_fraction": hidden_fraction, "code": git_state()})
     t = time.perf_counter()
     if mode == "unsup":
         model, a = train(adata, None, k, prior, seed)
@@ -224,6 +227,18 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+        modes = []  # (mode, hidden share): one supervised run per share
+        for mode in args.modes.split(","):
+            shares = args.hidden.split(",") if mode == "sup" else [HIDDEN_FRACTION]
+            modes += [(mode, float(h)) for h in shares]
+        priors = args.priors.split(",")
+        if args.variants:  # a noise-network variant exists for diffusion only
+            priors = [
+                f"{p}[{v}]"
+                for p in priors
+                for v in args.variants.split(",")
+                if p == "diffusion" or v not in DIFFUSION_ONLY
+            ]
         for name in args.datasets.split(","):
             if name not in ALL:
                 parser.error(f"unknown dataset {name!r}; choose from {', '.join(ALL)}")
@@ -231,33 +246,18 @@ def main(argv=None) -> int:
             if not path.exists():
                 log(f"{path} not found: the shared datasets are needed; skipping {name}")
                 continue
+            if args.unlabelled is not None:
+                name = f"{name}@{args.unlabelled}u"
             for seed in (int(s) for s in args.seeds.split(",")):
                 adata = load_dataset(path, seed)
                 if args.unlabelled is not None:
                     adata = keep_unlabelled(adata, args.unlabelled, seed)
-                    name = f"{name.split('@')[0]}@{args.unlabelled}u"
-                modes = []  # (recorded mode, hidden share)
-                for mode in args.modes.split(","):
-                    if mode == "sup":
-                        modes += [(sup_mode(float(h)), float(h)) for h in args.hidden.split(",")]
-                    else:
-                        modes.append((mode, HIDDEN_FRACTION))
                 for mode, hidden in modes:
-                    priors = args.priors.split(",")
-                    if args.variants:  # a noise-network variant exists for diffusion only
-                        priors = [
-                            f"{p}[{v}]"
-                            for p in priors
-                            for v in args.variants.split(",")
-                            if p == "diffusion" or v not in DIFFUSION_ONLY
-                        ]
                     for prior in priors:
-                        if (name, mode, prior, seed) in done:
+                        if (name, recorded_mode(mode, hidden), prior, seed) in done:
                             continue
-                        log(f"{name} {mode} {prior} seed {seed} ...")
-                        kind = "unsup" if mode == "unsup" else "sup"
-                        row = run_one(adata, name, kind, prior, seed, hidden)
-                        row["mode"], row["hidden_fraction"] = mode, hidden
+                        log(f"{name} {recorded_mode(mode, hidden)} {prior} seed {seed} ...")
+                        row = run_one(adata, name, mode, prior, seed, hidden)
                         record(row)
                         log(f"  Total {row['Total']:.3f} ({row['train_s']:.0f} s)")
     if RUNS.exists():
