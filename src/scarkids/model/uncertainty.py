@@ -106,8 +106,9 @@ class ModelUncertainty:
         return draws
 
     @torch.no_grad()
-    def _novelty_of(self, z: torch.Tensor, draws) -> torch.Tensor:
-        """``(n,)`` novelty of codes ``z`` (n, d) on the model's device."""
+    def _label_nll(self, z: torch.Tensor, draws) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(n, L)`` estimates of ``-log p(z0 | c)`` for codes ``z`` (n, d) under each of
+        the ``L`` labels in use, and those labels' indices ``(L,)``."""
         module, prior = self.module, self.module.prior
         used = torch.nonzero(module.labels_in_use()).squeeze(1)
         labels = used + LABEL_OFFSET
@@ -119,9 +120,15 @@ class ModelUncertainty:
             nll += prior.negative_bound(z, labels, t, scale, eps.expand(n, -1), every_label=True)[
                 "nll"
             ]
-        log_pi = module.log_label_prior[used]
+        return nll / len(draws), used
+
+    @torch.no_grad()
+    def _novelty_of(self, z: torch.Tensor, draws) -> torch.Tensor:
+        """``(n,)`` novelty of codes ``z`` (n, d) on the model's device."""
+        nll, used = self._label_nll(z, draws)
+        log_pi = self.module.log_label_prior[used]
         log_pi = log_pi - torch.logsumexp(log_pi, 0)
-        return -torch.logsumexp(log_pi - nll / len(draws), 1)
+        return -torch.logsumexp(log_pi - nll, 1)
 
     def novelty(
         self,
