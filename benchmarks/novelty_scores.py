@@ -63,33 +63,113 @@ def decoder_scores(model, adata, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return np.concatenate(per_count), np.concatenate(fit)
 
 
+def label_nll(model, z: np.ndarray, n_draws: int = 32) -> tuple[np.ndarray, list[str]]:
+    """``(n, L)`` prior estimates of ``-log p(z0 | c)`` per label in use (the draws of
+    ``SCARKIDS.novelty``), and those labels' names."""
+    import torch
+
+    draws = model._novelty_draws(n_draws, 0)
+    out = [
+        model._label_nll(torch.as_tensor(z[i : i + 4096]), draws) for i in range(0, len(z), 4096)
+    ]
+    names = [model.registry.label_categories[i] for i in out[0][1].tolist()]
+    return np.concatenate([o[0].numpy() for o in out]), names
+
+
+def type_quantile(score, pred, ref_score, ref_type) -> np.ndarray:
+    """Per cell: the share of the reference's validation cells *of its predicted type* whose
+    score is below the cell's (an empirical p-value per type; types without validation
+    cells use all of them)."""
+    out = np.empty(len(score))
+    for t in np.unique(pred):
+        ref = np.sort(ref_score[ref_type == t] if (ref_type == t).sum() >= 10 else ref_score)
+        rows = pred == t
+        out[rows] = np.searchsorted(ref, score[rows]) / len(ref)
+    return out
+
+
+def trained_models(ref, query, seed: int, weight: dict, cache: Path | None):
+    """The reference and the mapped query model of a split (reloaded from ``cache`` when it
+    holds them)."""
+    from scarkids import SCARKIDS
+
+    SCARKIDS.setup_anndata(ref, batch_key="batch", labels_key="cell_type")
+    q = query.copy()
+    q.obs = q.obs[["batch"]].copy()
+    SCARKIDS.setup_anndata(q, batch_key="batch")
+    if cache is not None and (cache / "mapped.pt").exists():
+        return SCARKIDS.load(cache / "ref.pt", ref), SCARKIDS.load(cache / "mapped.pt", q), q
+    model = SCARKIDS(ref, seed=seed, encode_batch=True)
+    model.train(seed=seed, progress_bar=False, **weight)
+    mapped = SCARKIDS.load_query_data(q, model).train(seed=seed, progress_bar=False)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        model.save(cache / "ref.pt")
+        mapped.save(cache / "mapped.pt")
+    return model, mapped, q
+
+
 def scores_of_split(
-    ref, query, is_new, seed: int = 0, classification_weight: float | None = None
+    ref,
+    query,
+    is_new,
+    seed: int = 0,
+    classification_weight: float | None = None,
+    cache: Path | None = None,
 ) -> dict[str, float]:
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import cross_val_predict
     from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
-    from scarkids import SCARKIDS
-
-    SCARKIDS.setup_anndata(ref, batch_key="batch", labels_key="cell_type")
-    model = SCARKIDS(ref, seed=seed, encode_batch=True)
     weight = (
         {} if classification_weight is None else {"classification_weight": classification_weight}
     )
-    model.train(seed=seed, progress_bar=False, **weight)
+    model, mapped, q = trained_models(ref, query, seed, weight, cache)
     zr = model.get_latent_representation(ref)
-    q = query.copy()
-    q.obs = q.obs[["batch"]].copy()
-    SCARKIDS.setup_anndata(q, batch_key="batch")
-    mapped = SCARKIDS.load_query_data(q, model).train(seed=seed, progress_bar=False)
     z = mapped.get_latent_representation(q)
+    # the reference's validation cells (the split of ``train(seed=seed)``), the known cells
+    # every per-type score is measured against
+    n_val = int(round(0.1 * ref.n_obs))
+    val = np.sort(np.random.default_rng(seed).permutation(ref.n_obs)[:n_val])
+    fit = np.setdiff1d(np.arange(ref.n_obs), val)
+    names = list(mapped.label_names)
+    ref_type = ref.obs["cell_type"].astype(str).to_numpy()[val]
+    pred = np.asarray(names)[mapped.predict(q, soft=True)[names].to_numpy().argmax(1)]
+
     out = {"prior novelty": mapped.novelty(latent=z)}
     out["kNN distance"] = NearestNeighbors(n_neighbors=15).fit(zr).kneighbors(z)[0].mean(1)
     out["reconstruction NLL per count"], out["goodness of fit"] = decoder_scores(mapped, q)
     d_ref = NearestNeighbors(n_neighbors=30).fit(zr).kneighbors(z)[0][:, -1]
     d_query = NearestNeighbors(n_neighbors=31).fit(z).kneighbors(z)[0][:, -1]
     out["density ratio"] = z.shape[1] * (np.log(d_ref) - np.log(d_query))
+
+    # per-type scores: each cell against the validation cells of the type it is predicted as
+    (nll_q, used), (nll_v, _) = label_nll(mapped, z), label_nll(mapped, zr[val])
+    col = {t: i for i, t in enumerate(used)}
+    own_q = nll_q[np.arange(len(z)), [col[t] for t in pred]]
+    own_v = nll_v[np.arange(len(val)), [col[t] for t in ref_type]]
+    out["prior novelty of the predicted type (per-type quantile)"] = type_quantile(
+        own_q, pred, own_v, ref_type
+    )
+    rec_q = out["reconstruction NLL per count"]
+    rec_v = decoder_scores(model, ref[val])[0]
+    out["reconstruction (per-type quantile)"] = type_quantile(rec_q, pred, rec_v, ref_type)
+    # Mahalanobis distance to the predicted type's reference codes (tied covariance)
+    fit_type = ref.obs["cell_type"].astype(str).to_numpy()[fit]
+    means = {t: zr[fit][fit_type == t].mean(0) for t in np.unique(fit_type)}
+    resid = np.concatenate([zr[fit][fit_type == t] - m for t, m in means.items()])
+    prec = np.linalg.inv(np.cov(resid.T) + 1e-6 * np.eye(z.shape[1]))
+
+    def maha(codes, types):
+        d = codes - np.stack([means[t] for t in types])
+        return np.einsum("ij,jk,ik->i", d, prec, d)
+
+    out["Mahalanobis (per-type quantile)"] = type_quantile(
+        maha(z, pred), pred, maha(zr[val], ref_type), ref_type
+    )
+    out["max of the per-type quantiles"] = np.maximum.reduce(
+        [out[k] for k in out if k.endswith("(per-type quantile)")]
+    )
     auroc = {k: roc_auc_score(is_new, v) for k, v in out.items()}
     # where the left-out type lands: the reference type most of its cells' 15 nearest
     # reference codes have, and the share of its cells with that majority
@@ -112,6 +192,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--classification_weight", type=float, help="of the reference's training (default: 50)"
     )
+    parser.add_argument(
+        "--cache", help="folder keeping each split's trained models, reused when present"
+    )
     args = parser.parse_args(argv)
     if not uncertainty.DATA.exists():
         print(f"{uncertainty.DATA} not found: the shared datasets are needed; nothing to do")
@@ -124,7 +207,10 @@ def main(argv=None) -> int:
         if not any(k in split for k in args.splits.split(",")):
             continue
         is_new = query.obs["cell_type"].astype(str).to_numpy() == left
-        res = scores_of_split(ref, query, is_new, classification_weight=args.classification_weight)
+        cache = None if args.cache is None else Path(args.cache) / split.replace(" ", "_")
+        res = scores_of_split(
+            ref, query, is_new, classification_weight=args.classification_weight, cache=cache
+        )
         print(split, res, flush=True)
         rows.append((split, res))
     if not rows:
