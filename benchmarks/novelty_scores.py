@@ -1,11 +1,12 @@
 """Which per-cell score flags a left-out cell type? An exploration beside uncertainty.py.
 
-    python benchmarks/novelty_scores.py --splits "B cells,CD14,CD4 T,CD8 T"
+    python benchmarks/novelty_scores.py --splits "B cells,CD14,CD4 T,CD8 T,NK" [--cache DIR]
+    python benchmarks/novelty_scores.py --dataset cellbench
 
-On kang's leave-one-type-out splits of ``uncertainty.py`` (scARKIDS reference with
-``encode_batch=True``, ``load_query_data``, unsupervised query session), prints and writes
-(``benchmarks/results/novelty_scores.md``) the AUROC of flagging the left-out type's query
-cells by:
+On the leave-one-type-out splits of ``uncertainty.py`` (``--dataset kang`` or
+``cellbench``; scARKIDS reference with ``encode_batch=True``, ``load_query_data``,
+unsupervised query session), prints and writes (``benchmarks/results/novelty_scores.md``,
+``novelty_scores_cellbench.md``) the AUROC of flagging the left-out type's query cells by:
 
 - the prior's novelty (``SCARKIDS.novelty``) and the mean distance to the 15 nearest
   reference codes (latent scores);
@@ -15,6 +16,12 @@ cells by:
   owes to the cell's depth and profile (decoder scores);
 - the density ratio ``log p_query(z) / p_ref(z)`` from the distances to the 30th nearest
   query and reference code (where the query has cells the reference lacks);
+- per-type scores, each cell measured against the reference's validation cells of the type
+  it is predicted as (the share of them with a lower score: an empirical p-value per type,
+  which removes what a score owes to the type, e.g. a tight type's higher density or a
+  deep type's lower NLL per count): the prior's ``-log p(z0 | predicted type)``, the
+  reconstruction NLL per count, the Mahalanobis distance to the type's mean reference code
+  (covariance shared by the types), and the largest of the three;
 - where the left-out type lands (``lands on``): the reference type that most of its cells'
   15 nearest reference codes have, with the share of its cells for which it is so;
 - the separability of the left-out type in the query codes, a reference point for any score
@@ -187,7 +194,10 @@ def scores_of_split(
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--splits", default="B cells,CD14,CD4 T,CD8 T")
+    parser.add_argument("--dataset", default="kang", choices=["kang", "cellbench"])
+    parser.add_argument(
+        "--splits", default="out", help="comma-separated: the splits whose name contains one"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--classification_weight", type=float, help="of the reference's training (default: 50)"
@@ -203,41 +213,46 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     rows = []
-    for split, ref, query, left in uncertainty.splits("kang"):
+    for split, ref, query, left in uncertainty.splits(args.dataset):
         if not any(k in split for k in args.splits.split(",")):
             continue
         is_new = query.obs["cell_type"].astype(str).to_numpy() == left
-        cache = None if args.cache is None else Path(args.cache) / split.replace(" ", "_")
+        cache = None
+        if args.cache is not None:
+            cache = Path(args.cache) / args.dataset / split.replace(" ", "_").replace(",", "")
         res = scores_of_split(
             ref, query, is_new, classification_weight=args.classification_weight, cache=cache
         )
         print(split, res, flush=True)
         rows.append((split, res))
     if not rows:
-        print(f"no kang split matches --splits {args.splits!r}; nothing to do")
+        print(f"no {args.dataset} split matches --splits {args.splits!r}; nothing to do")
         return 1
-    cols = list(rows[0][1])
-    lines = [
-        f"# Scores for a left-out type (`python benchmarks/novelty_scores.py --splits "
-        f'"{args.splits}"`)',
-        "",
-        "kang ctrl -> stim, seed 0, reference with `encode_batch=True`; AUROC of flagging the "
-        "left-out type's stim cells (see the script's docstring for each score).",
-        "",
-        "| split | " + " | ".join(cols) + " |",
-        "|" + "---|" * (len(cols) + 1),
-    ]
-    fmt = lambda v: v if isinstance(v, str) else f"{v:.3f}"  # noqa: E731
-    lines += [f"| {s} | " + " | ".join(fmt(r[c]) for c in cols) + " |" for s, r in rows]
-    means = [
-        "" if isinstance(rows[0][1][c], str) else f"{np.mean([r[c] for _, r in rows]):.3f}"
-        for c in cols
-    ]
-    lines.append("| **mean** | " + " | ".join(means) + " |")
-    out = OUT
+    # one row per score, one column per split (and their mean)
+    scores = list(rows[0][1])
+    cmd = f'python benchmarks/novelty_scores.py --dataset {args.dataset} --splits "{args.splits}"'
     if args.classification_weight is not None:
-        out = OUT.with_name(f"novelty_scores_weight{args.classification_weight:g}.md")
-        lines[0] += f" (`--classification_weight {args.classification_weight:g}`)"
+        cmd += f" --classification_weight {args.classification_weight:g}"
+    lines = [
+        f"# Scores for a left-out type (`{cmd}`)",
+        "",
+        f"{args.dataset}, seed 0, reference with `encode_batch=True`; AUROC of flagging the "
+        "left-out type's query cells by each score (see the script's docstring).",
+        "",
+        "| score | " + " | ".join(s for s, _ in rows) + " | mean |",
+        "|" + "---|" * (len(rows) + 2),
+    ]
+    for c in scores:
+        vals = [r[c] for _, r in rows]
+        if isinstance(vals[0], str):
+            lines.append(f"| {c} | " + " | ".join(vals) + " |  |")
+        else:
+            cells = [f"{v:.3f}" for v in vals] + [f"**{np.mean(vals):.3f}**"]
+            lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    name = "novelty_scores" + ("" if args.dataset == "kang" else f"_{args.dataset}")
+    if args.classification_weight is not None:
+        name += f"_weight{args.classification_weight:g}"
+    out = OUT.with_name(f"{name}.md")
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())
     return 0
