@@ -40,6 +40,20 @@ def test_fit_temperature_recovers_a_known_temperature():
     assert fit_temperature(3 * true_logits, labels) == pytest.approx(3.0, rel=0.1)
 
 
+def test_fit_temperature_does_not_sharpen_on_no_evidence():
+    # every cell right with a wide margin: the plain NLL keeps falling as T -> 0, and
+    # sharpening would saturate every probability at 1; the prior on log T keeps T near 1
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 300)
+    logits = rng.normal(0, 1, (300, 4))
+    logits[np.arange(300), labels] += 12
+    assert 0.8 < fit_temperature(logits, labels) < 1.25
+    # ... while an underconfident model is still sharpened: logits 3x too small
+    true_logits = rng.normal(0, 2, (4000, 5))
+    drawn = np.array([rng.choice(5, p=np.exp(r) / np.exp(r).sum()) for r in true_logits])
+    assert fit_temperature(true_logits / 3, drawn) == pytest.approx(1 / 3, rel=0.1)
+
+
 def test_temperature_lowers_the_validation_nll(split):
     model, _ = split
     assert model.temperature != 1.0

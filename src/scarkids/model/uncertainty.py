@@ -36,7 +36,15 @@ DEFAULT_DRAWS = 32
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature ``T`` minimising ``NLL(softmax(logits / T), labels)``.
+    """The temperature ``T`` minimising ``NLL(softmax(logits / T), labels)``, with a standard
+    normal prior on ``log T``.
+
+    The prior (``0.5 (log T)^2`` added to the summed NLL, i.e. worth one cell) does not move
+    ``T`` where the validation cells say something, but where every validation cell is
+    classified right with a wide margin the NLL falls towards 0 for ever smaller ``T``: the
+    plain fit then sharpens the probabilities to exactly 1 on no evidence (cellbench:
+    ``T = 0.12``, every probability 1.0 in float32, so that 1 - max probability ranks
+    nothing), and the prior keeps ``T`` near 1 instead.
 
     Parameters
     ----------
@@ -54,11 +62,13 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     logits_t = torch.as_tensor(logits, dtype=torch.float64)
     labels_t = torch.as_tensor(labels, dtype=torch.long)
+    n = max(1, labels_t.numel())
 
-    def nll(log_t: float) -> float:
-        return float(F.cross_entropy(logits_t / np.exp(log_t), labels_t))
+    def objective(log_t: float) -> float:
+        nll = F.cross_entropy(logits_t / np.exp(log_t), labels_t, reduction="sum")
+        return float(nll + 0.5 * log_t**2) / n
 
-    best = minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded")
+    best = minimize_scalar(objective, bounds=(-4.0, 4.0), method="bounded")
     return float(np.exp(best.x))
 
 
