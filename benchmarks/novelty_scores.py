@@ -22,6 +22,10 @@ unsupervised query session), prints and writes (``benchmarks/results/novelty_sco
   deep type's lower NLL per count): the prior's ``-log p(z0 | predicted type)``, the
   reconstruction NLL per count, the Mahalanobis distance to the type's mean reference code
   (covariance shared by the types), and the largest of the three;
+- transductive: the query codes clustered by k-means (twice as many clusters as reference
+  types), each cell scored by its cluster's log share of the query cells over its log share
+  of the reference cells (assigned to the nearest centroid); and the larger of this score's
+  and the prior novelty's rank among the query cells;
 - where the left-out type lands (``lands on``): the reference type that most of its cells'
   15 nearest reference codes have, with the share of its cells for which it is so;
 - the separability of the left-out type in the query codes, a reference point for any score
@@ -176,6 +180,22 @@ def scores_of_split(
     )
     out["max of the per-type quantiles"] = np.maximum.reduce(
         [out[k] for k in out if k.endswith("(per-type quantile)")]
+    )
+    # transductive: query clusters that the reference's cells do not fill
+    from sklearn.cluster import KMeans
+
+    k = 2 * len(means)
+    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(z)
+    n_q = np.bincount(km.labels_, minlength=k)
+    n_r = np.bincount(km.predict(zr), minlength=k)
+    ratio = np.log((n_q + 1) / len(z)) - np.log((n_r + 1) / len(zr))
+    out["density ratio of query clusters"] = ratio[km.labels_]
+
+    def rank(v):
+        return pd.Series(v).rank(pct=True).to_numpy()
+
+    out["max rank: prior novelty, cluster density ratio"] = np.maximum(
+        rank(out["prior novelty"]), rank(out["density ratio of query clusters"])
     )
     auroc = {k: roc_auc_score(is_new, v) for k, v in out.items()}
     # where the left-out type lands: the reference type most of its cells' 15 nearest
