@@ -25,7 +25,8 @@ unsupervised query session), prints and writes (``benchmarks/results/novelty_sco
 - transductive: the query codes clustered by k-means (twice as many clusters as reference
   types), each cell scored by its cluster's log share of the query cells over its log share
   of the reference cells (assigned to the nearest centroid); and the larger of this score's
-  and the prior novelty's rank among the query cells;
+  and the prior novelty's rank among the query cells; and the query's share of each query
+  cell's k nearest codes among the query's and the reference's together (k = 15, 150);
 - where the left-out type lands (``lands on``): the reference type that most of its cells'
   15 nearest reference codes have, with the share of its cells for which it is so;
 - the separability of the left-out type in the query codes, a reference point for any score
@@ -190,6 +191,14 @@ def scores_of_split(
     n_r = np.bincount(km.predict(zr), minlength=k)
     ratio = np.log((n_q + 1) / len(z)) - np.log((n_r + 1) / len(zr))
     out["density ratio of query clusters"] = ratio[km.labels_]
+
+    # transductive, local: the query's share of each query cell's k nearest codes among the
+    # query's and the reference's together (a kNN density-ratio classifier)
+    pooled = np.concatenate([z, zr])
+    from_query = np.r_[np.ones(len(z)), np.zeros(len(zr))]
+    for k in (15, 150):
+        near_pooled = NearestNeighbors(n_neighbors=k + 1).fit(pooled).kneighbors(z)[1][:, 1:]
+        out[f"query share of the pooled {k}-NN"] = from_query[near_pooled].mean(1)
 
     def rank(v):
         return pd.Series(v).rank(pct=True).to_numpy()
