@@ -22,6 +22,8 @@ unsupervised query session), prints and writes (``benchmarks/results/novelty_sco
   deep type's lower NLL per count): the prior's ``-log p(z0 | predicted type)``, the
   reconstruction NLL per count, the Mahalanobis distance to the type's mean reference code
   (covariance shared by the types), and the largest of the three;
+- the prior novelty before any query training: the reference model encodes the query cells
+  as if measured in the reference's first batch;
 - transductive: the query codes clustered by k-means (twice as many clusters as reference
   types), each cell scored by its cluster's log share of the query cells over its log share
   of the reference cells (assigned to the nearest centroid); and the larger of this score's
@@ -149,6 +151,16 @@ def scores_of_split(
     pred = np.asarray(names)[mapped.predict(q, soft=True)[names].to_numpy().argmax(1)]
 
     out = {"prior novelty": mapped.novelty(latent=z)}
+    # the same score before any query training: the reference model encodes the query cells
+    # as if measured in its first batch (does the mapping, or the reference, hide the type?)
+    from scarkids import SCARKIDS
+
+    as_ref = q.copy()
+    as_ref.obs["batch"] = pd.Categorical([str(ref.obs["batch"].iloc[0])] * q.n_obs)
+    SCARKIDS.setup_anndata(as_ref, batch_key="batch")
+    out["prior novelty, unmapped (query encoded as the reference's first batch)"] = model.novelty(
+        latent=model.get_latent_representation(as_ref)
+    )
     out["kNN distance"] = NearestNeighbors(n_neighbors=15).fit(zr).kneighbors(z)[0].mean(1)
     out["reconstruction NLL per count"], out["goodness of fit"] = decoder_scores(mapped, q)
     d_ref = NearestNeighbors(n_neighbors=30).fit(zr).kneighbors(z)[0][:, -1]
