@@ -208,9 +208,9 @@ def scores_of_split(
     # query's and the reference's together (a kNN density-ratio classifier)
     pooled = np.concatenate([z, zr])
     from_query = np.r_[np.ones(len(z)), np.zeros(len(zr))]
-    for k in (15, 150):
-        near_pooled = NearestNeighbors(n_neighbors=k + 1).fit(pooled).kneighbors(z)[1][:, 1:]
-        out[f"query share of the pooled {k}-NN"] = from_query[near_pooled].mean(1)
+    near_pooled = NearestNeighbors(n_neighbors=151).fit(pooled).kneighbors(z)[1][:, 1:]
+    for k in (15, 150):  # one neighbour search for both (its first column: the cell itself)
+        out[f"query share of the pooled {k}-NN"] = from_query[near_pooled[:, :k]].mean(1)
 
     def rank(v):
         return pd.Series(v).rank(pct=True).to_numpy()
