@@ -5,8 +5,8 @@
 
 For each dataset (2000 seurat_v3 HVGs, counts rounded): train scARKIDS supervised on a
 seeded 80% of the cells, then generate as many cells per (cell type, batch) as the held-out
-20% has (``SCARKIDS.generate``: library sizes from each batch's log-normal fit), and compare
-them with those held-out real cells, on log-CP10k:
+20% has (``SCARKIDS.generate``: library sizes from the log-normal fit of each type in each
+batch), and compare them with those held-out real cells, on log-CP10k:
 
 - gene-mean and gene-variance Spearman;
 - RBF-MMD (bandwidth: the median pairwise distance of the held-out cells) and the
@@ -138,12 +138,14 @@ def real_vs_generated(pr: np.ndarray, pg: np.ndarray, seed: int) -> tuple[float,
     return float(np.mean(acc)), float(np.mean(auc))
 
 
-def decode(model, z: np.ndarray, batch_codes: np.ndarray, seed: int) -> np.ndarray:
+def decode(model, z: np.ndarray, batch_codes: np.ndarray, types: np.ndarray, seed: int):
     """Counts from the model's decoder at codes ``z`` and batches, library sizes drawn from
-    each batch's log-normal fit (as ``SCARKIDS.generate`` does)."""
+    the log-normal fit of each cell's type in its batch (as ``SCARKIDS.generate`` does)."""
     rng = np.random.default_rng([seed, 2])
-    names = model.registry.batch_categories
-    fit = np.array([model.library_sizes[names[b]][:2] for b in batch_codes])
+    labels = model.registry.label_categories
+    fit = np.array(
+        [model._library_params(labels.index(t), b) for t, b in zip(types, batch_codes, strict=True)]
+    )
     log_lib = rng.normal(fit[:, 0], fit[:, 1])
     return model.decode_counts(z, batch_codes, log_lib, rng)
 
@@ -186,8 +188,10 @@ def run_dataset(name: str, seed: int, variant: str | None = None) -> list[dict]:
         m = gen_types == t
         zt = z_train[train_types == t]
         zg[m] = rng.multivariate_normal(zt.mean(0), np.cov(zt, rowvar=False), m.sum())
-    sources["type-gaussian"] = decode(model, zg, b_codes, seed)
-    sources["standard-normal"] = decode(model, rng.standard_normal(zg.shape), b_codes, seed)
+    sources["type-gaussian"] = decode(model, zg, b_codes, gen_types, seed)
+    sources["standard-normal"] = decode(
+        model, rng.standard_normal(zg.shape), b_codes, gen_types, seed
+    )
     pick = []
     for (t, b), n in request.items():
         pool = np.flatnonzero((train.obs["cell_type"] == t) & (train.obs["batch"] == b))
@@ -197,7 +201,9 @@ def run_dataset(name: str, seed: int, variant: str | None = None) -> list[dict]:
     pick_b = np.array(
         [model.registry.batch_categories.index(b) for b in train.obs["batch"].iloc[pick]]
     )
-    sources["train-codes"] = decode(model, z_train[np.asarray(pick)], pick_b, seed)
+    sources["train-codes"] = decode(
+        model, z_train[np.asarray(pick)], pick_b, train_types[np.asarray(pick)], seed
+    )
     rows = []
     for source, x in sources.items():
         real_side = source in ("real-train", "train-codes")

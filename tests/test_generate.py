@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -42,16 +43,81 @@ def test_generate_shapes_dtypes_and_obs(model):
 
 
 def test_generated_library_sizes_follow_the_batch(model):
-    """Library sizes are drawn from the log-normal fit of the batch's observed ones."""
+    """Library sizes are drawn from the log-normal fit of the type's observed ones in the
+    batch."""
     a = model.adata
-    b0 = model.registry.batch_categories[0]
-    observed = np.log(np.asarray(a[a.obs["batch"] == b0].X.sum(1)).ravel())
-    out = model.generate(400, cell_type=model.label_names[0], batch=b0)
+    b0, t0 = model.registry.batch_categories[0], model.label_names[0]
+    cells = (a.obs["batch"] == b0) & (a.obs["cell_type"] == t0)
+    observed = np.log(np.asarray(a[cells].X.sum(1)).ravel())
+    out = model.generate(400, cell_type=t0, batch=b0)
     drawn = np.log(out.obs["library_size"].to_numpy())
     assert abs(drawn.mean() - observed.mean()) < 0.1
     assert abs(drawn.std() - observed.std()) < 0.1
     fixed = model.generate(5, cell_type=model.label_names[0], batch=b0, library_size=2000.0)
     assert np.allclose(fixed.obs["library_size"], 2000.0)
+
+
+def _shallow_type_data(seed: int = 4):
+    """Simulated cells whose type_1 is sequenced 5x shallower (binomial thinning), in two
+    batches of which the second has no type_1 cell."""
+    adata = scarkids.datasets.simulate(
+        900, 100, n_batches=2, n_cell_types=2, de_fraction=0.3, de_scale=2.0, seed=seed
+    )
+    rng = np.random.default_rng(seed)
+    shallow = (adata.obs["cell_type"] == "type_1").to_numpy()
+    X = adata.X.tocsr(copy=True)
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    thin = shallow[rows]
+    X.data[thin] = rng.binomial(X.data[thin].astype(np.int64), 0.2).astype(np.float32)
+    X.eliminate_zeros()
+    adata.X = X
+    keep = ~(shallow & (adata.obs["batch"] == "batch_1").to_numpy())
+    return adata[keep].copy()
+
+
+@pytest.mark.parametrize("supervised", [True, False])
+def test_generated_library_sizes_follow_the_cell_type(one_thread, supervised):
+    """A 5x shallower cell type is generated 5x shallower, also in a batch it was never seen
+    in (its depth relative to the batches it was seen in), and an unsupervised model fits
+    the depth of its clusters."""
+    adata = _shallow_type_data()
+    SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="cell_type" if supervised else None)
+    m = SCARKIDS(adata, n_latent=4, n_labels=2, seed=0)
+    m.train(30, progress_bar=False, seed=0)
+    log_lib = np.log(np.asarray(adata.X.sum(1)).ravel())
+    shallow = (adata.obs["cell_type"] == "type_1").to_numpy()
+    if supervised:
+        deep_name, shallow_name = "type_0", "type_1"
+    else:  # the clusters that hold most of each type
+        pred = np.asarray(m.predict())
+        deep_name = pd.Series(pred[~shallow]).mode()[0]
+        shallow_name = pd.Series(pred[shallow]).mode()[0]
+        assert deep_name != shallow_name
+    b0, b1 = m.registry.batch_categories
+    out = m.generate(300, cell_type=[deep_name, shallow_name], batch=[b0, b1], seed=1)
+    drawn = pd.Series(np.log(out.obs["library_size"].to_numpy()))
+    keys = [out.obs["cell_type"].astype(str).values, out.obs["batch"].astype(str).values]
+    means = drawn.groupby(keys).mean()
+    b0_cells = (adata.obs["batch"] == b0).to_numpy()
+    tol = 0.1 if supervised else 0.25
+    assert abs(means[(deep_name, b0)] - log_lib[~shallow & b0_cells].mean()) < tol
+    assert abs(means[(shallow_name, b0)] - log_lib[shallow & b0_cells].mean()) < tol
+    # never seen in b1: its b0 depth moved by the b1 - b0 depth of type_0 (thinned to 0.2:
+    # log 0.2 = -1.6)
+    gap = means[(deep_name, b1)] - means[(shallow_name, b1)]
+    assert 1.3 < gap < 1.9
+
+
+def test_old_checkpoint_without_type_library_sizes_uses_the_batch(model, tmp_path):
+    path = model.save(tmp_path / "m.pt")
+    loaded = SCARKIDS.load(path)
+    assert loaded.library_sizes_by_type == model.library_sizes_by_type
+    assert set(loaded.library_sizes_by_type) == set(model.label_names)
+    loaded.library_sizes_by_type = {}
+    b0 = model.registry.batch_categories[0]
+    out = loaded.generate(400, cell_type=model.label_names[0], batch=b0)
+    drawn = np.log(out.obs["library_size"].to_numpy())
+    assert abs(drawn.mean() - model.library_sizes[b0][0]) < 0.1
 
 
 def test_same_seed_same_cells_and_other_seed_other_cells(model):

@@ -189,6 +189,8 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
         self.extra: dict = {}
         #: per batch name: [mean, sd, n] of the log library sizes it was trained on
         self.library_sizes: dict[str, list[float]] = {}
+        #: per cell type (or cluster), per batch name: [mean, sd, n] of the log library sizes
+        self.library_sizes_by_type: dict[str, dict[str, list[float]]] = {}
         #: the classifier's temperature and the validation cells' novelty (sorted)
         self.calibration: dict = {}
 
@@ -553,7 +555,9 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
         if supervised and (labels < 0).all():
             raise InputDataError("supervised training needs labelled cells, but none are labelled")
         self._grow_module(n_batches_before, n_labels_before)
-        self.library_sizes.update(library_fit(_row_sums(X), batch, self.registry.batch_categories))
+        library = _row_sums(X)
+        self.library_sizes.update(library_fit(library, batch, self.registry.batch_categories))
+        self._update_type_library_sizes(library, batch, labels)
 
         if validation_adata is not None:
             X = sp.vstack([X, Xv]).tocsr()

@@ -1,8 +1,10 @@
 """New cells from the model: codes drawn from the prior of a cell type, decoded as a batch.
 
 A mixin of :class:`scarkids.model.SCARKIDS`; it uses the model's ``module``, ``registry``,
-``device`` and ``library_sizes`` (the log-normal fit of the library sizes of each batch,
-made when the model is trained on that batch).
+``device``, ``library_sizes`` (the log-normal fit of the library sizes of each batch,
+made when the model is trained on that batch) and ``library_sizes_by_type`` (the same fit
+per cell type and batch: cell types differ in depth several-fold, a monocyte's library is
+about five times a T cell's on kang).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from scarkids.distributions.counts import sample_counts
 from scarkids.errors import InputDataError
 
 Names = str | Sequence[str] | None
+
+#: fewest cells of a (cell type, batch) pair whose own log-normal fit is used
+MIN_FIT_CELLS = 10
 
 
 def library_fit(library: np.ndarray, batch: np.ndarray, names: Sequence[str]) -> dict:
@@ -44,6 +49,42 @@ def library_fit(library: np.ndarray, batch: np.ndarray, names: Sequence[str]) ->
     for code in np.unique(batch):
         v = log_lib[batch == code]
         out[str(names[code])] = [float(v.mean()), float(v.std()), int(v.size)]
+    return out
+
+
+def library_fit_by_type(
+    library: np.ndarray,
+    batch: np.ndarray,
+    labels: np.ndarray,
+    batch_names: Sequence[str],
+    label_names: Sequence[str],
+) -> dict:
+    """Log-normal fit of the library sizes of each (cell type, batch) pair present.
+
+    Parameters
+    ----------
+    library
+        ``(n_cells,)`` total counts per cell.
+    batch
+        ``(n_cells,)`` batch codes (indices into ``batch_names``).
+    labels
+        ``(n_cells,)`` label codes (indices into ``label_names``); cells with a negative
+        code (unlabelled) are left out.
+    batch_names, label_names
+        The batch and label names.
+
+    Returns
+    -------
+    dict
+        ``{label name: {batch name: [mean of log library, sd of log library, number of
+        cells]}}`` for each pair with cells.
+    """
+    library, batch, labels = (np.asarray(a) for a in (library, batch, labels))
+    known = labels >= 0
+    out: dict = {}
+    for t in np.unique(labels[known]):
+        m = known & (labels == t)
+        out[str(label_names[t])] = library_fit(library[m], batch[m], batch_names)
     return out
 
 
@@ -96,19 +137,69 @@ class ModelGeneration:
             raise InputDataError("nothing to generate: every requested count is 0")
         return out
 
-    def _library_draws(self, b: int, n: int, library_size, rng) -> np.ndarray:
-        if library_size is not None:
-            if not np.isfinite(library_size) or library_size <= 0:
-                raise InputDataError(f"library_size must be positive, got {library_size!r}")
-            return np.full(n, float(library_size))
+    def _update_type_library_sizes(self, library, batch, labels) -> None:
+        """Merge the (cell type, batch) log-normal fits of these cells into
+        ``library_sizes_by_type`` (labels: codes into the model's labels, < 0 unlabelled)."""
+        fits = library_fit_by_type(
+            library,
+            batch,
+            labels,
+            self.registry.batch_categories,
+            self.registry.label_categories,
+        )
+        for t, per_batch in fits.items():
+            self.library_sizes_by_type.setdefault(t, {}).update(per_batch)
+
+    def _library_params(self, t: int, b: int) -> tuple[float, float]:
+        """Mean and sd of the log library size of label code ``t`` in batch code ``b``.
+
+        The pair's own fit when it had at least :data:`MIN_FIT_CELLS` cells. Otherwise the
+        type's fit in each batch ``b'`` it was seen in, moved by the depth difference of
+        ``b`` and ``b'`` (over the cell types seen in both; the batches' own means where
+        none is), averaged over those batches by cells. For a type without fits (or a
+        model saved before they were kept), batch ``b``'s fit.
+        """
         name = self.registry.batch_categories[b]
-        fit = self.library_sizes.get(name)
-        if fit is None:
+        batch_fit = self.library_sizes.get(name)
+        if batch_fit is None:
             raise InputDataError(
                 f"no library sizes recorded for batch {name!r} (the model was saved before "
                 "they were, or never trained on that batch): pass library_size"
             )
-        return np.exp(rng.normal(fit[0], fit[1], n))
+        by_type = getattr(self, "library_sizes_by_type", {})
+
+        def fits(per_batch: dict) -> dict:
+            return {k: f for k, f in per_batch.items() if f[2] >= MIN_FIT_CELLS}
+
+        own = fits(by_type.get(str(self.registry.label_categories[t]), {}))
+        if name in own:
+            return own[name][0], own[name][1]
+        if not own:
+            return batch_fit[0], batch_fit[1]
+        others = [fits(per_batch) for per_batch in by_type.values()]
+        means, sds, weights = [], [], []
+        for seen, f in own.items():
+            # depth of batch `name` against batch `seen`, on the types measured in both
+            shared = [(o[name], o[seen]) for o in others if name in o and seen in o]
+            if shared:
+                w = np.array([min(x[2], y[2]) for x, y in shared], dtype=float)
+                delta = float(np.average([x[0] - y[0] for x, y in shared], weights=w))
+            else:
+                delta = batch_fit[0] - self.library_sizes.get(seen, f)[0]
+            means.append(f[0] + delta)
+            sds.append(f[1])
+            weights.append(f[2])
+        return float(np.average(means, weights=weights)), float(np.average(sds, weights=weights))
+
+    def _library_draws(self, t: int, b: int, n: int, library_size, rng) -> np.ndarray:
+        """``(n,)`` library sizes of label code ``t`` in batch code ``b``: ``library_size``
+        repeated, or draws from :meth:`_library_params`' log-normal."""
+        if library_size is not None:
+            if not np.isfinite(library_size) or library_size <= 0:
+                raise InputDataError(f"library_size must be positive, got {library_size!r}")
+            return np.full(n, float(library_size))
+        mean, sd = self._library_params(t, b)
+        return np.exp(rng.normal(mean, sd, n))
 
     @torch.no_grad()
     def _draw_codes(self, label: int, n: int, n_steps, seed: tuple, batch_size: int):
@@ -166,8 +257,8 @@ class ModelGeneration:
         """New cells: codes ``z0 ~ p(z0 | c)`` decoded to counts as batch ``b`` would measure.
 
         Each cell's counts are drawn from the decoder's ZINB (or NB) at its code, its batch
-        and a library size (by default drawn from the log-normal fit of that batch's
-        observed library sizes). Work is done in chunks of ``batch_size`` cells on the
+        and a library size (by default drawn from the log-normal fit of the observed
+        library sizes of that cell type in that batch: cell types differ in depth). Work is done in chunks of ``batch_size`` cells on the
         model's device.
 
         Parameters
@@ -183,7 +274,9 @@ class ModelGeneration:
             A batch name, a list of them, or ``None`` (every batch of the model).
         library_size
             Total counts each cell's mean expression sums to; ``None`` draws one per cell
-            from its batch's log-normal fit.
+            from the log-normal fit of its cell type in its batch (where the pair had fewer
+            than :data:`MIN_FIT_CELLS` cells: the type's fit in the batches it was seen in,
+            moved by their depth difference to this batch; see :meth:`_library_params`).
         n_steps
             Reverse diffusion steps: ``None`` runs the full chain; fewer than the model's
             diffusion steps use the strided DDIM sampler (faster). Unused by the gaussian and
@@ -239,7 +332,7 @@ class ModelGeneration:
                 if paired
                 else self._draw_codes(t, n, n_steps, [seed, t, b + 1], batch_size)
             )
-            lib = self._library_draws(b, n, library_size, rng)
+            lib = self._library_draws(t, b, n, library_size, rng)
             for start in range(0, n, batch_size):
                 z = z_all[start : start + batch_size]
                 bi = torch.full((z.shape[0],), b, device=self.device, dtype=torch.long)

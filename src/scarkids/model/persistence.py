@@ -42,7 +42,8 @@ class ModelPersistence:
             ``init_params`` (the constructor's keywords plus ``n_genes``, ``n_batches`` and
             ``n_labels``), ``registry``, ``state_dict`` (CPU tensors), ``history``,
             ``is_trained``, ``extra``, ``library_sizes`` (per batch: mean, sd and number of the
-            log library sizes, for :meth:`generate`), ``calibration`` (the classifier's
+            log library sizes, for :meth:`generate`), ``library_sizes_by_type`` (the same
+            per cell type and batch), ``calibration`` (the classifier's
             temperature and the validation cells' novelty, see :meth:`novelty`) and, when asked for and present, ``training_state``.
         """
         payload = {
@@ -62,6 +63,7 @@ class ModelPersistence:
             "is_trained": self.is_trained,
             "extra": {**self.extra, **(extra or {})},
             "library_sizes": dict(getattr(self, "library_sizes", {})),
+            "library_sizes_by_type": dict(getattr(self, "library_sizes_by_type", {})),
             "calibration": dict(getattr(self, "calibration", {})),
         }
         if include_training_state and self.training_state is not None:
@@ -179,6 +181,7 @@ class ModelPersistence:
         self.is_trained = payload.get("is_trained", True)
         self.extra = payload.get("extra", {})
         self.library_sizes = dict(payload.get("library_sizes", {}))
+        self.library_sizes_by_type = dict(payload.get("library_sizes_by_type", {}))
         self.calibration = dict(payload.get("calibration", {}))
         ts = payload.get("training_state")
         self.training_state = TrainingState.from_dict(ts) if ts else None

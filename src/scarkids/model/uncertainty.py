@@ -224,14 +224,26 @@ class ModelUncertainty:
         if val.numel() == 0 or not isinstance(data.X, DeviceMatrix):
             return  # no validation cells, or an on-disk store whose rows are not at hand
         self.module.eval()
-        zs = []
+        zs, library = [], []
         with torch.no_grad():
             for start in range(0, val.numel(), 4096):
                 idx = val[start : start + 4096]
                 x, _ = data.X.rows_and_nonzeros(idx)
                 zs.append(self.module.inference(x, data.batch[idx], sample=False)["z"])
+                library.append(x.sum(1))
         z = torch.cat(zs)
         labels = data.labels[val]
+        if self.registry.labels_are_clusters:
+            # library sizes per (cluster, batch) for generate, from the validation cells'
+            # clusters: unsupervised training has no labels to fit them on beforehand
+            with torch.no_grad():
+                log_p = self.module.label_log_probs(z, self.temperature)
+                log_p[:, ~self.module.labels_in_use()] = -torch.inf
+            self._update_type_library_sizes(
+                torch.cat(library).cpu().numpy(),
+                data.batch[val].cpu().numpy(),
+                log_p.argmax(1).cpu().numpy(),
+            )
         if data.label_mode != "unlabelled" and not self.registry.labels_are_clusters:
             known = labels >= 0
             if int(known.sum()) >= 20:
