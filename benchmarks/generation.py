@@ -267,9 +267,8 @@ def write_table() -> Path:
     for (ds, source), g in sorted(
         df.groupby(["dataset", "source"]), key=lambda kv: (kv[0][0], order.get(kv[0][1], 9))
     ):
-        vals = " | ".join(
-            f"{g[c].mean():.3f}" if c != "n cells" else f"{g[c].mean():.0f}" for c in cols
-        )
+        digits = {"n cells": 0, "MMD": 4}
+        vals = " | ".join(f"{g[c].mean():.{digits.get(c, 3)}f}" for c in cols)
         lines.append(f"| {ds} | {source} | {len(g)} | {vals} |")
     out = OUT / "generation.md"
     out.write_text("\n".join(lines) + "\n")
