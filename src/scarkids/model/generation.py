@@ -24,6 +24,20 @@ Names = str | Sequence[str] | None
 
 #: fewest cells of a (cell type, batch) pair whose own log-normal fit is used
 MIN_FIT_CELLS = 10
+#: cells whose counts ``generate`` draws from one random generator
+DRAW_BLOCK = 256
+
+
+def _block_counts(g: dict, start: int, size: int, rng) -> np.ndarray:
+    """Counts of rows ``start:start + size`` of the decoder's output ``g`` (a dispersion
+    of shape ``(1, G)`` is shared by every row)."""
+
+    def rows(x):
+        return x if x is None or x.shape[0] == 1 else x[start : start + size]
+
+    return sample_counts(
+        rows(g["log_mu"]), rows(g["log_theta"]), rows(g.get("dropout_logits")), rng
+    )
 
 
 def library_fit(library: np.ndarray, batch: np.ndarray, names: Sequence[str]) -> dict:
@@ -205,12 +219,11 @@ class ModelGeneration:
     def _draw_codes(self, label: int, n: int, n_steps, seed: tuple, batch_size: int):
         gen = torch.Generator(device=self.device)
         gen.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
-        out = []
-        for start in range(0, n, batch_size):
-            m = min(batch_size, n - start)
-            lab = torch.full((m,), label + LABEL_OFFSET, device=self.device, dtype=torch.long)
-            out.append(self.module.prior.sample(lab, n_steps=n_steps, generator=gen))
-        return torch.cat(out) if out else torch.zeros((0, self.module.n_latent))
+        if n == 0:
+            return torch.zeros((0, self.module.n_latent), device=self.device)
+        lab = torch.full((n,), label + LABEL_OFFSET, device=self.device, dtype=torch.long)
+        # one chain for all n codes, the network in chunks: batch_size does not change them
+        return self.module.prior.sample(lab, n_steps=n_steps, generator=gen, chunk_size=batch_size)
 
     @torch.no_grad()
     def decode_counts(self, z, batch_index, log_library, rng) -> np.ndarray:
@@ -289,7 +302,9 @@ class ModelGeneration:
         seed
             Seed of the codes, library sizes and counts: the same seed gives the same cells.
         batch_size
-            Cells sampled and decoded at a time.
+            Cells decoded at a time (rounded down to a multiple of :data:`DRAW_BLOCK`, at
+            least one), and cells the prior's network runs on at a time. It does not change
+            the cells.
 
         Returns
         -------
@@ -333,11 +348,19 @@ class ModelGeneration:
                 else self._draw_codes(t, n, n_steps, [seed, t, b + 1], batch_size)
             )
             lib = self._library_draws(t, b, n, library_size, rng)
-            for start in range(0, n, batch_size):
-                z = z_all[start : start + batch_size]
+            # decoded in chunks of whole draw blocks; each block's counts from its own
+            # generator, so that batch_size does not change the cells
+            chunk = max(DRAW_BLOCK, batch_size - batch_size % DRAW_BLOCK)
+            for start in range(0, n, chunk):
+                z = z_all[start : start + chunk]
                 bi = torch.full((z.shape[0],), b, device=self.device, dtype=torch.long)
-                log_l = np.log(lib[start : start + batch_size])
-                rows.append(sp.csr_matrix(self.decode_counts(z, bi, log_l, rng)))
+                log_l = torch.as_tensor(
+                    np.log(lib[start : start + chunk]), dtype=torch.float32, device=self.device
+                )
+                g = self.module.generative(z.float(), bi, log_l)
+                for k in range(0, z.shape[0], DRAW_BLOCK):
+                    block = np.random.default_rng([seed, 2, t, b, (start + k) // DRAW_BLOCK])
+                    rows.append(sp.csr_matrix(_block_counts(g, k, DRAW_BLOCK, block)))
             zs.append(z_all.float().cpu().numpy())
             obs.append(pd.DataFrame({"t": t, "b": b, "library_size": lib}))
         return self._generated_anndata(ad, rows, zs, obs, seed, n_steps)

@@ -417,9 +417,11 @@ class ModelOutputs:
             :class:`~scarkids.errors.InputDataError`. ``None`` uses the most probable label of
             ``q(c | z0)`` over all the model's labels.
         seed
-            Seed of the noise (a :class:`torch.Generator` on the model's device).
+            Seed of the noise (a :class:`torch.Generator` on the model's device). The
+            same seed gives the same codes whatever ``batch_size``.
         batch_size
-            Cells encoded and refined at a time.
+            Cells encoded, and cells the noise network runs on, at a time (every cell's
+            code stays on the device through the chain: ``n_cells x n_latent`` floats).
         latent
             ``(n_cells, n_latent)`` float32 codes from :meth:`get_latent_representation`;
             ``adata`` is then not read. ``None`` encodes the cells of ``adata``.
@@ -462,14 +464,14 @@ class ModelOutputs:
             if (codes < 0).any():
                 raise InputDataError("refine_latent: labels contain names the model does not know")
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        out = []
-        for start in range(0, z.shape[0], batch_size):
-            zt = torch.as_tensor(z[start : start + batch_size], device=self.device)
-            lab = torch.as_tensor(
-                codes[start : start + batch_size] + LABEL_OFFSET, device=self.device
-            )
-            refined = self.module.prior.refine(
-                zt, lab, n_steps, n_sampling_steps=n_sampling_steps, generator=gen
-            )
-            out.append(refined.cpu().numpy())
-        return np.concatenate(out, 0).astype(np.float32)
+        # every cell's chain at once, the noise network in chunks of batch_size: each
+        # step's noise is one draw for all cells, so batch_size does not change the result
+        refined = self.module.prior.refine(
+            torch.as_tensor(np.asarray(z, dtype=np.float32), device=self.device),
+            torch.as_tensor(codes + LABEL_OFFSET, device=self.device),
+            n_steps,
+            n_sampling_steps=n_sampling_steps,
+            generator=gen,
+            chunk_size=batch_size,
+        )
+        return refined.cpu().numpy()

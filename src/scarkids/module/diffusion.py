@@ -423,6 +423,29 @@ class DiffusionPrior(nn.Module):
         return (eps - eps_hat).pow(2).sum(-1)
 
     # --------------------------------------------------------------- sampling
+    def _chain_eps(self, label_index: torch.Tensor, chunk_size: int | None):
+        """``eps(z, step, k)`` of a reverse chain over all rows: the network at step row ``k``
+        in chunks of ``chunk_size`` rows (``None``: all at once, the label embeddings made
+        once). Every random draw of a chain is made for all its rows at once, so its result
+        does not depend on ``chunk_size``; only the network's memory does."""
+        n = label_index.shape[0]
+        if chunk_size is None or n <= chunk_size:
+            label_h = self.net.label(label_index)
+
+            def eps(z, step, row):
+                return self.net.at_step(z, step, label_h, row)
+
+            return eps
+
+        def eps_chunked(z, step, row):
+            out = torch.empty_like(z)
+            for start in range(0, n, chunk_size):
+                sl = slice(start, start + chunk_size)
+                out[sl] = self.net.at_step(z[sl], step, self.net.label(label_index[sl]), row)
+            return out
+
+        return eps_chunked
+
     @torch.no_grad()
     def denoise(
         self,
@@ -431,6 +454,7 @@ class DiffusionPrior(nn.Module):
         start_step: int,
         *,
         generator: torch.Generator | None = None,
+        chunk_size: int | None = None,
     ) -> torch.Tensor:
         """Run the reverse chain from ``z_{start_step}`` down to ``z_0``. No host sync per step.
 
@@ -448,13 +472,16 @@ class DiffusionPrior(nn.Module):
         generator
             Random number generator of the added noise (on the device of ``z_start``);
             ``None`` uses torch's global one.
+        chunk_size
+            Rows the noise network runs on at a time (``None``: all); the result does not
+            depend on it.
 
         Returns
         -------
         torch.Tensor
             ``(n, d)`` codes ``z_0``.
         """
-        label_h = self.net.label(label_index)  # the same at every step
+        eps = self._chain_eps(label_index, chunk_size)
         steps = torch.arange(1, start_step + 1, device=z_start.device)
         step_rows = self.net.step_rows(steps)  # every step's row in one call
         # the chain's coefficients as Python numbers: no tensor indexing per step
@@ -465,7 +492,7 @@ class DiffusionPrior(nn.Module):
         z = z_start
         for step in range(start_step, 0, -1):
             i = step - 1
-            eps_hat = self.net.at_step(z, step, label_h, step_rows[i])
+            eps_hat = eps(z, step, step_rows[i])
             z = torch.add(z, eps_hat, alpha=-eps_coef[i]).mul_(inv_sqrt_alpha[i])  # the mean
             if step > 1:
                 noise = torch.randn(z.shape, device=z.device, generator=generator, dtype=z.dtype)
@@ -481,6 +508,7 @@ class DiffusionPrior(nn.Module):
         *,
         n_sampling_steps: int | None = None,
         generator: torch.Generator | None = None,
+        chunk_size: int | None = None,
     ) -> torch.Tensor:
         """SDEdit: noise ``z0`` to step ``n_steps`` with q, then denoise with ``p_psi(z | c)``.
 
@@ -500,6 +528,9 @@ class DiffusionPrior(nn.Module):
         generator
             Random number generator of the noise (on the device of ``z0``); ``None`` uses
             torch's global one.
+        chunk_size
+            Rows the noise network runs on at a time (``None``: all); the result does not
+            depend on it.
 
         Returns
         -------
@@ -514,9 +545,16 @@ class DiffusionPrior(nn.Module):
         eps = torch.randn(z0.shape, device=z0.device, generator=generator, dtype=z0.dtype)
         z_t = self.diffuse(z0, t, eps)
         if n_sampling_steps is None or n_sampling_steps == n_steps:
-            return self.denoise(z_t, label_index, n_steps, generator=generator)
+            return self.denoise(
+                z_t, label_index, n_steps, generator=generator, chunk_size=chunk_size
+            )
         return self.ddim(
-            z_t, label_index, n_sampling_steps, start_step=n_steps, generator=generator
+            z_t,
+            label_index,
+            n_sampling_steps,
+            start_step=n_steps,
+            generator=generator,
+            chunk_size=chunk_size,
         )
 
     @torch.no_grad()
@@ -526,6 +564,7 @@ class DiffusionPrior(nn.Module):
         *,
         n_steps: int | None = None,
         generator: torch.Generator | None = None,
+        chunk_size: int | None = None,
     ) -> torch.Tensor:
         """Draw ``z_0 ~ p_psi(z_0 | c)`` for each label in ``label_index`` (n,).
 
@@ -542,6 +581,9 @@ class DiffusionPrior(nn.Module):
         generator
             Random number generator (on the device of ``label_index``); ``None`` uses
             torch's global one.
+        chunk_size
+            Rows the noise network runs on at a time (``None``: all); the result does not
+            depend on it.
 
         Returns
         -------
@@ -554,8 +596,10 @@ class DiffusionPrior(nn.Module):
             (label_index.shape[0], self.n_latent), device=label_index.device, generator=generator
         )
         if n_steps is None or n_steps == self.n_steps:
-            return self.denoise(z, label_index, self.n_steps, generator=generator)
-        return self.ddim(z, label_index, n_steps, generator=generator)
+            return self.denoise(
+                z, label_index, self.n_steps, generator=generator, chunk_size=chunk_size
+            )
+        return self.ddim(z, label_index, n_steps, generator=generator, chunk_size=chunk_size)
 
     @torch.no_grad()
     def ddim(
@@ -567,6 +611,7 @@ class DiffusionPrior(nn.Module):
         eta: float = 1.0,
         start_step: int | None = None,
         generator: torch.Generator | None = None,
+        chunk_size: int | None = None,
     ) -> torch.Tensor:
         """DDIM (Song et al. 2021) from step T (or ``start_step``) to 0 over ``n_steps``
         evenly strided steps.
@@ -591,6 +636,9 @@ class DiffusionPrior(nn.Module):
             Step of ``z_T``, 1 to T; ``None``: T (sampling; a refinement starts lower).
         generator
             Random number generator of the added noise; ``None`` uses torch's global one.
+        chunk_size
+            Rows the noise network runs on at a time (``None``: all); the result does not
+            depend on it.
 
         Returns
         -------
@@ -599,11 +647,11 @@ class DiffusionPrior(nn.Module):
         """
         top = self.n_steps if start_step is None else start_step
         steps = sorted({round(s) for s in torch.linspace(top, 1, n_steps).tolist()}, reverse=True)
-        z, label_h = z_T, self.net.label(label_index)
+        z, eps = z_T, self._chain_eps(label_index, chunk_size)
         step_rows = self.net.step_rows(torch.tensor(steps, device=z_T.device))
         abars = self.abar.double().tolist()  # coefficients as numbers: no tensor ops per step
         for k, step in enumerate(steps):
-            eps_hat = self.net.at_step(z, step, label_h, step_rows[k])
+            eps_hat = eps(z, step, step_rows[k])
             abar = abars[step - 1]
             z0_hat = torch.add(z, eps_hat, alpha=-math.sqrt(1 - abar)).div_(math.sqrt(abar))
             if k + 1 == len(steps):

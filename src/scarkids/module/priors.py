@@ -90,9 +90,9 @@ class GaussianPrior(nn.Module):
         return torch.zeros(z0.shape[0], device=z0.device, dtype=z0.dtype)
 
     @torch.no_grad()
-    def sample(self, label_index, *, n_steps=None, generator=None) -> torch.Tensor:
+    def sample(self, label_index, *, n_steps=None, generator=None, chunk_size=None) -> torch.Tensor:
         """Draw ``(n, d)`` codes from ``N(0, I)`` (``label_index`` (n,) sets n and the
-        device; ``n_steps`` is unused)."""
+        device; ``n_steps`` and ``chunk_size`` are unused)."""
         shape = (label_index.shape[0], self.n_latent)
         return torch.randn(shape, device=label_index.device, generator=generator)
 
@@ -207,9 +207,9 @@ class MixturePrior(nn.Module):
         return self._nll(z0, label_index, self.mean, self.log_std, False)
 
     @torch.no_grad()
-    def sample(self, label_index, *, n_steps=None, generator=None) -> torch.Tensor:
+    def sample(self, label_index, *, n_steps=None, generator=None, chunk_size=None) -> torch.Tensor:
         """Draw ``z0 ~ N(mu_c, diag sigma_c^2)``: ``(n, d)`` for ``label_index`` (n,)
-        (``n_steps`` is unused)."""
+        (``n_steps`` and ``chunk_size`` are unused)."""
         noise = torch.randn(
             (label_index.shape[0], self.n_latent), device=label_index.device, generator=generator
         )
