@@ -144,8 +144,10 @@ class NoisePredictor(nn.Module):
         self,
         z_t: torch.Tensor,
         step: int,
-        label_h: torch.Tensor,
+        label_h: torch.Tensor | None,
         step_row: torch.Tensor | None = None,
+        *,
+        label_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``eps_psi(z_t, step, c)`` with one step for every row and the label embedding
         ``label_h = self.label(label_index)`` (n, hidden) computed once by the caller: the
@@ -160,9 +162,12 @@ class NoisePredictor(nn.Module):
         step
             The diffusion step, 1..T, shared by every row.
         label_h
-            ``(n, hidden)`` label embeddings of the rows.
+            ``(n, hidden)`` label embeddings of the rows, or ``None`` with ``label_index``.
         step_row
             ``step_rows`` of this step, ``(hidden,)``; ``None`` computes it.
+        label_index
+            ``(n,)`` label indices whose embeddings are looked up here instead of
+            ``label_h`` (a chunk of a chain: no ``(n, hidden)`` embeddings kept per step).
 
         Returns
         -------
@@ -173,7 +178,10 @@ class NoisePredictor(nn.Module):
         if step_row is None:
             t = torch.full((1,), step, device=z_t.device, dtype=torch.long)
             step_row = self.step_rows(t)[0]
-        h = torch.add(label_h, step_row).addmm_(z_t, self.input.weight.t())
+        if label_index is not None:  # gathered into a new tensor: add in place
+            h = self.label(label_index).add_(step_row).addmm_(z_t, self.input.weight.t())
+        else:
+            h = torch.add(label_h, step_row).addmm_(z_t, self.input.weight.t())
         if torch.is_grad_enabled() or self.training:
             return self._trunk(h)
         for block in self.blocks:  # LayerNorm, SiLU, Dropout (identity in eval), Linear
@@ -441,7 +449,7 @@ class DiffusionPrior(nn.Module):
             out = torch.empty_like(z)
             for start in range(0, n, chunk_size):
                 sl = slice(start, start + chunk_size)
-                out[sl] = self.net.at_step(z[sl], step, self.net.label(label_index[sl]), row)
+                out[sl] = self.net.at_step(z[sl], step, None, row, label_index=label_index[sl])
             return out
 
         return eps_chunked
