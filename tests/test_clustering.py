@@ -72,3 +72,45 @@ def test_align_labels_keeps_each_cluster_where_it_was():
     new2 = np.repeat([0, 1, 2, 3], [10, 10, 5, 5])
     out = align_labels(new2, old, 4)
     assert (out[:20] == old[:20]).all() and len(set(out)) == 4
+
+
+def split_types(seed=0):
+    """Soft assignments of three types of 500 cells, each type split between two clusters
+    (columns 0-1, 2-3, 4-5); a tenth of type 1's and type 2's cells are unsure between the
+    two types; a seventh cluster holds half a cell's mass, all of it on type 0's cells."""
+    rng = np.random.default_rng(seed)
+    n = 500
+    truth = np.repeat([0, 1, 2], n)
+    probs = np.full((3 * n, 7), 1e-6)
+    for t in range(3):
+        w = rng.uniform(0, 1, n)
+        probs[truth == t, 2 * t] += w
+        probs[truth == t, 2 * t + 1] += 1 - w
+    unsure = rng.random(3 * n) < 0.1
+    probs[(truth == 1) & unsure, 4] += 0.4
+    probs[(truth == 2) & unsure, 2] += 0.4
+    probs[truth == 0, 6] += 0.001
+    return probs / probs.sum(1, keepdims=True), truth
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_merging_joins_the_clusters_of_each_type(seed):
+    """The pieces of each type merge, the near-empty cluster joins the type it sits on, and
+    the two types that overlap a little stay apart (unnormalised, the entropy criterion
+    merges those two large types before the small cluster: it gives [[0, 1], [2, 3, 4, 5],
+    [6]])."""
+    from scarkids.model.clusters import merge_clusters
+
+    probs, _ = split_types(seed)
+    assert merge_clusters(probs, 3) == [[0, 1, 6], [2, 3], [4, 5]]
+    assert merge_clusters(probs, 3, max_cells=500) == [[0, 1, 6], [2, 3], [4, 5]]
+    assert merge_clusters(probs, 1) == [list(range(7))]
+
+
+def test_merging_to_as_many_clusters_or_more_keeps_each():
+    from scarkids.model.clusters import merge_clusters
+
+    probs, _ = split_types()
+    assert merge_clusters(probs, 7) == merge_clusters(probs, 20) == [[j] for j in range(7)]
+    with pytest.raises(ValueError, match="max_clusters"):
+        merge_clusters(probs, 0)

@@ -83,6 +83,22 @@ def test_unsupervised_clusters_above_the_true_number_stay_pure():
     soft = model.predict(soft=True)
     assert list(soft.columns) == in_use
     np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-5)
+    # merged down to the true number, the groups are the cell types
+    merged = model.predict(max_clusters=5)
+    assert len(set(merged)) <= 5
+    assert adjusted_rand_score(adata.obs["cell_type"], merged) >= 0.9
+    groups = model.predict(soft=True, max_clusters=5)
+    assert groups.shape == (adata.n_obs, 5) and set(merged) <= set(groups.columns)
+    assert sorted(n for g in groups.columns for n in g.split("+")) == sorted(in_use)
+    np.testing.assert_allclose(groups.sum(1), 1.0, rtol=1e-5)
+    assert list(model.predict(soft=True, max_clusters=len(in_use)).columns) == in_use
+    with pytest.raises(scarkids.errors.InputDataError, match="at least 1"):
+        model.predict(max_clusters=0)
+
+
+def test_max_clusters_needs_an_unsupervised_model(supervised_model):
+    with pytest.raises(scarkids.errors.InputDataError, match="max_clusters"):
+        supervised_model.predict(max_clusters=3)
 
 
 def test_a_cluster_without_mass_is_switched_off():

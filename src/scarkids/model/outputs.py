@@ -283,13 +283,24 @@ class ModelOutputs:
         return [n for n, u in zip(names, used, strict=True) if u]
 
     def predict(
-        self, adata=None, *, soft: bool = False, batch_size: int = 4096
+        self,
+        adata=None,
+        *,
+        soft: bool = False,
+        max_clusters: int | None = None,
+        batch_size: int = 4096,
     ) -> np.ndarray | pd.DataFrame:
         """Cell-type predictions: names ``(n_cells,)``, or with ``soft`` a DataFrame of
         probabilities (cells x cell types).
 
         The labels are :attr:`label_names`: the cell types, or for an unsupervised model the
-        clusters in use (probabilities renormalised over those).
+        clusters in use (probabilities renormalised over those). With ``max_clusters``, an
+        unsupervised model's clusters in use are merged into at most that many groups, the
+        pair the posterior confuses most first (the entropy criterion of Baudry et al.,
+        2010; :func:`scarkids.model.clusters.merge_clusters`), and a group is named after
+        its clusters joined by ``+`` (``"cluster_3+cluster_7"``). Training with about twice
+        as many clusters as expected types and merging down recovers the types better than
+        training with as many (``benchmarks/clustering.py``).
 
         Parameters
         ----------
@@ -300,6 +311,11 @@ class ModelOutputs:
             AnnData the model was created or loaded with.
         soft
             Return the probabilities ``q(c | z0)`` instead of the most probable label.
+        max_clusters
+            Unsupervised models only: merge the clusters in use into at most this many
+            groups (at least 1). The merges are decided on at most 50,000 of the cells, so
+            they depend on ``adata``; to name the same groups on new cells, pass them
+            together. ``None`` keeps every cluster in use.
         batch_size
             Cells encoded at a time.
 
@@ -308,11 +324,31 @@ class ModelOutputs:
         numpy.ndarray or pandas.DataFrame
             Without ``soft``, ``(n_cells,)`` label names (object dtype); with it, a
             ``(n_cells, n_labels)`` DataFrame indexed by ``adata.obs_names`` with one column
-            per label.
+            per label (or group).
         """
+        if max_clusters is not None:
+            if not self.registry.labels_are_clusters:
+                raise InputDataError(
+                    "predict: max_clusters merges an unsupervised model's clusters; this "
+                    "model was trained on cell-type labels (drop max_clusters)"
+                )
+            if isinstance(max_clusters, bool) or not isinstance(max_clusters, (int, np.integer)):
+                raise InputDataError(
+                    f"predict: max_clusters must be a positive integer, got {max_clusters!r}"
+                )
+            if max_clusters < 1:
+                raise InputDataError(
+                    f"predict: max_clusters must be at least 1, got {max_clusters}"
+                )
         adata_ = self.adata if adata is None else adata
         probs = self._label_probs(adata_, batch_size)
         names = np.asarray(self.label_names, dtype=object)
+        if max_clusters is not None and max_clusters < probs.shape[1]:
+            from scarkids.model.clusters import merge_clusters
+
+            groups = merge_clusters(probs, int(max_clusters))
+            probs = np.stack([probs[:, g].sum(1) for g in groups], axis=1)
+            names = np.asarray(["+".join(names[g]) for g in groups], dtype=object)
         if soft:
             return pd.DataFrame(probs, index=adata_.obs_names, columns=list(names))
         return names[probs.argmax(1)]
