@@ -111,6 +111,27 @@ def test_train_unsupervised(workdir, capsys):
     assert len(epoch_lines(workdir / "logs" / "training.log")) == 3
 
 
+def test_inference_merges_unsupervised_clusters(workdir, capsys):
+    """inference.max_clusters: an unsupervised model's predictions name at most that many
+    groups of its clusters."""
+    write_config(
+        workdir / "config.yaml",
+        **{"global": {"supervised": False, "n_cell_types": 6}},
+        data={"test_data_path": "data/train.h5ad"},
+        inference={"max_clusters": 2, "novelty_quantile": None, "confidence_threshold": 0},
+    )
+    assert run(["train", "--config", "config.yaml"], capsys)[0] == 0
+    argv = ["infer", "--config", "config.yaml", "--checkpoint", "checkpoints/best_model.pt"]
+    rc, _, err = run([*argv, "--output_dir", "merged"], capsys)
+    assert rc == 0, err
+    table = pd.read_csv(workdir / "merged" / "cell_type_predictions.csv")
+    model = checkpoint.read(workdir / "checkpoints" / "best_model.pt")
+    assert model["registry"]["labels_are_clusters"]
+    assert 1 <= table["predicted_label"].nunique() <= 2
+    assert (table["predicted_label"] == table["top_label"]).all()
+    assert table["probability"].between(0.5 - 1e-6, 1 + 1e-6).all()  # top of two groups
+
+
 def test_train_auto_resumes_from_last_checkpoint(workdir, capsys):
     write_config(workdir / "config.yaml", training={"n_epochs": 2})
     assert run(["train", "--config", "config.yaml"], capsys)[0] == 0  # "interrupted" at 2
@@ -268,6 +289,15 @@ def test_inference_bad_novelty_quantile_is_one_line(model_dir, capsys, monkeypat
     assert rc == 2 and "inference.novelty_quantile" in err
     assert err.strip().count("\n") == 0
     assert not (model_dir / "q_out").exists()
+
+
+def test_inference_max_clusters_of_a_supervised_model_is_one_line(model_dir, capsys, monkeypatch):
+    monkeypatch.chdir(model_dir)
+    write_config(model_dir / "merge_sup.yaml", inference={"max_clusters": 2})
+    rc, _, err = run(["infer", "--config", "merge_sup.yaml", "--output_dir", "m_out"], capsys)
+    assert rc == 2 and "max_clusters" in err
+    assert err.strip().count("\n") == 0
+    assert not (model_dir / "m_out").exists()
 
 
 def test_inference_unseen_batch_is_named(model_dir, capsys, monkeypatch):

@@ -129,6 +129,7 @@ def _compute(cfg, run: _Run, timer: _Timer) -> dict[str, Any]:
         confidence_threshold=inf["confidence_threshold"],
         novelty_quantile=inf["novelty_quantile"],
         latent=latent,
+        max_clusters=inf["max_clusters"],
     )
     if (
         inf["novelty_quantile"] is not None

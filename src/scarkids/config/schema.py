@@ -222,6 +222,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
             optional=True,
             help="cells above this quantile of the validation cells' novelty are unknown",
         ),
+        "max_clusters": Key(
+            "int",
+            None,
+            optional=True,
+            gt=0,
+            help="unsupervised: merge the clusters into at most this many groups; null = keep",
+        ),
         "library_size": Key("float", 1e4, gt=0),
         "batch_size": Key("int", 4096, ge=1),
         "save_latent_embeddings": Key("bool", True),

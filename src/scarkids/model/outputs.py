@@ -282,6 +282,33 @@ class ModelOutputs:
         used = self.module.labels_in_use().cpu().numpy()
         return [n for n, u in zip(names, used, strict=True) if u]
 
+    def _check_max_clusters(self, max_clusters, caller: str) -> None:
+        if max_clusters is None:
+            return
+        if not self.registry.labels_are_clusters:
+            raise InputDataError(
+                f"{caller}: max_clusters merges an unsupervised model's clusters; this "
+                "model was trained on cell-type labels (drop max_clusters)"
+            )
+        if isinstance(max_clusters, bool) or not isinstance(max_clusters, (int, np.integer)):
+            raise InputDataError(
+                f"{caller}: max_clusters must be a positive integer, got {max_clusters!r}"
+            )
+        if max_clusters < 1:
+            raise InputDataError(f"{caller}: max_clusters must be at least 1, got {max_clusters}")
+
+    def _merged(self, probs: np.ndarray, max_clusters: int | None):
+        """``probs`` of the labels in use, and their names, merged into at most
+        ``max_clusters`` groups (named ``"a+b"``) when given."""
+        names = np.asarray(self.label_names, dtype=object)
+        if max_clusters is None or max_clusters >= probs.shape[1]:
+            return probs, names
+        from scarkids.model.clusters import merge_clusters
+
+        groups = merge_clusters(probs, int(max_clusters))
+        probs = np.stack([probs[:, g].sum(1) for g in groups], axis=1)
+        return probs, np.asarray(["+".join(names[g]) for g in groups], dtype=object)
+
     def predict(
         self,
         adata=None,
@@ -326,29 +353,9 @@ class ModelOutputs:
             ``(n_cells, n_labels)`` DataFrame indexed by ``adata.obs_names`` with one column
             per label (or group).
         """
-        if max_clusters is not None:
-            if not self.registry.labels_are_clusters:
-                raise InputDataError(
-                    "predict: max_clusters merges an unsupervised model's clusters; this "
-                    "model was trained on cell-type labels (drop max_clusters)"
-                )
-            if isinstance(max_clusters, bool) or not isinstance(max_clusters, (int, np.integer)):
-                raise InputDataError(
-                    f"predict: max_clusters must be a positive integer, got {max_clusters!r}"
-                )
-            if max_clusters < 1:
-                raise InputDataError(
-                    f"predict: max_clusters must be at least 1, got {max_clusters}"
-                )
+        self._check_max_clusters(max_clusters, "predict")
         adata_ = self.adata if adata is None else adata
-        probs = self._label_probs(adata_, batch_size)
-        names = np.asarray(self.label_names, dtype=object)
-        if max_clusters is not None and max_clusters < probs.shape[1]:
-            from scarkids.model.clusters import merge_clusters
-
-            groups = merge_clusters(probs, int(max_clusters))
-            probs = np.stack([probs[:, g].sum(1) for g in groups], axis=1)
-            names = np.asarray(["+".join(names[g]) for g in groups], dtype=object)
+        probs, names = self._merged(self._label_probs(adata_, batch_size), max_clusters)
         if soft:
             return pd.DataFrame(probs, index=adata_.obs_names, columns=list(names))
         return names[probs.argmax(1)]
@@ -361,6 +368,7 @@ class ModelOutputs:
         novelty_quantile: float | None = 0.99,
         unknown_label: str = "unknown",
         latent: np.ndarray | None = None,
+        max_clusters: int | None = None,
     ) -> pd.DataFrame:
         """Per cell: the label, its calibrated probability, the prior's novelty, and whether
         the cell is ``unknown`` (improbable under every cell type, or not confidently any).
@@ -388,6 +396,10 @@ class ModelOutputs:
         latent
             ``(n_cells, n_latent)`` codes from :meth:`get_latent_representation`, which saves
             encoding the cells again; ``None`` encodes them (4096 cells at a time).
+        max_clusters
+            Unsupervised models only: labels are the clusters in use merged into at most
+            this many groups, as in :meth:`predict`; probability and entropy are the
+            groups'. The novelty does not depend on it.
 
         Returns
         -------
@@ -396,12 +408,12 @@ class ModelOutputs:
             ``probability`` (of the top label), ``entropy`` (of ``q(c | z0)``, nats),
             ``novelty`` (nats) and ``unknown`` (bool).
         """
+        self._check_max_clusters(max_clusters, "predict_with_uncertainty")
         threshold = self.novelty_threshold(novelty_quantile)
         adata_ = self.adata if adata is None else adata
         if latent is None:
             latent = self.get_latent_representation(adata_)
-        probs = self._label_probs(latent=latent)
-        names = np.asarray(self.label_names, dtype=object)
+        probs, names = self._merged(self._label_probs(latent=latent), max_clusters)
         top = probs.argmax(1)
         p = probs[np.arange(len(top)), top]
         entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(1)
