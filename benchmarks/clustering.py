@@ -11,6 +11,9 @@ k-means at K.
 
     python benchmarks/clustering.py --datasets pbmc,cellbench --seeds 0,1,2 --k_factors 1,2
 
+``--cluster_factor 1`` trains every mixture component as a cluster (rows ``scARKIDS cf=1``,
+the earlier default); the default, 2, merges twice as many components after training.
+
 Each run is appended to ``benchmarks/results/clustering/runs.jsonl`` (a rerun of the same
 dataset / method / seed / K replaces its row), and the table of means and sds over seeds,
 ``benchmarks/results/clustering.md``, is rebuilt from every run there, so the benchmark can
@@ -45,6 +48,9 @@ UNLABELLED = "unlabeled"
 OUT = Path(__file__).resolve().parent / "results"
 RUNS = OUT / "clustering" / "runs.jsonl"
 METHODS = ("scARKIDS", "scARKIDS merged", "scVI+Leiden", "scVI+kmeans")
+#: rows of models whose every mixture component was a cluster (``cluster_factor=1``, the
+#: earlier default): "scARKIDS cf=1" and "scARKIDS cf=1 merged"
+TABLE_ORDER = ("scARKIDS cf=1", "scARKIDS cf=1 merged", "scARKIDS", "scARKIDS merged")
 
 
 def hungarian_accuracy(truth, pred) -> float:
@@ -75,13 +81,13 @@ def scores(truth, pred, batch) -> dict[str, float]:
     }
 
 
-def run_scarkids(adata, k: int, seed: int):
+def run_scarkids(adata, k: int, seed: int, cluster_factor: int = 2):
     """The trained unsupervised model, ``k`` clusters at most."""
     from scarkids import SCARKIDS
 
     a = adata.copy()
     SCARKIDS.setup_anndata(a, batch_key="batch", layer="counts")
-    model = SCARKIDS(a, n_labels=k, seed=seed)
+    model = SCARKIDS(a, n_labels=k, cluster_factor=cluster_factor, seed=seed)
     model.train(seed=seed, progress_bar=False)
     return model
 
@@ -106,7 +112,9 @@ def record(row: dict) -> None:
     record_run(RUNS, row, ("dataset", "method", "seed", "k_factor"))
 
 
-def run_dataset(name: str, seeds, k_factors, methods, threads: int) -> None:
+def run_dataset(
+    name: str, seeds, k_factors, methods, threads: int, cluster_factor: int = 2
+) -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -124,14 +132,15 @@ def run_dataset(name: str, seeds, k_factors, methods, threads: int) -> None:
         for factor in k_factors:
             if "scARKIDS" in methods:
                 t = time.perf_counter()
-                model = run_scarkids(adata, factor * n_types, seed)
+                model = run_scarkids(adata, factor * n_types, seed, cluster_factor)
                 pred = np.asarray(model.predict())[scored]
-                row = {**common, "method": "scARKIDS", "k_factor": factor, "K": factor * n_types}
+                method = "scARKIDS" if cluster_factor == 2 else f"scARKIDS cf={cluster_factor}"
+                row = {**common, "method": method, "k_factor": factor, "K": factor * n_types}
                 record({**row, **scores(truth, pred, batch), "seconds": time.perf_counter() - t})
                 log(f"{name} seed {seed} K={factor}x scARKIDS: {scores(truth, pred, batch)}")
                 if factor > 1 and "scARKIDS merged" in methods:
                     pred = np.asarray(model.predict(max_clusters=n_types))[scored]
-                    row = {**row, "method": "scARKIDS merged"}
+                    row = {**row, "method": f"{method} merged"}
                     record({**row, **scores(truth, pred, batch)})
                     log(f"{name} seed {seed} K={factor}x merged: {scores(truth, pred, batch)}")
         if {"scVI+Leiden", "scVI+kmeans"} & set(methods):
@@ -157,20 +166,22 @@ def write_table() -> Path:
         "",
         "Mean ± sd over seeds (n = number of seeds). K: clusters allowed (the true number of "
         "types, or twice that; scARKIDS' `n_cell_types` is a maximum). Leiden chooses its own "
-        "number (resolution 1.0). scARKIDS merged: the same model as the row above it, its "
-        "clusters merged down to the true number (`predict(max_clusters=...)`). Label-based "
-        "scores on the labelled cells only.",
+        "number (resolution 1.0). scARKIDS: the default, `cluster_factor=2` (2K mixture "
+        "components merged into at most K clusters after training); scARKIDS cf=1: every "
+        "component a cluster (the earlier default). merged: the same model as the row "
+        "above it, its clusters merged down to the true number (`predict(max_clusters=...)`). "
+        "Label-based scores on the labelled cells only.",
         "",
         "| dataset | types | method | K | n | " + " | ".join(cols) + " |",
         "|" + "---|" * (5 + len(cols)),
     ]
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate((*TABLE_ORDER, *METHODS[2:]))}
     df["_order"] = df["method"].map(order)
     for (ds, factor, _, method), g in df.groupby(
         ["dataset", "k_factor", "_order", "method"], sort=True
     ):
         k = "own" if factor == 0 else f"{factor}x = {int(g['K'].iloc[0])}"
-        if method == "scARKIDS merged":
+        if method.endswith("merged"):
             k += f" → {int(g['n_types'].iloc[0])}"
         cells = []
         for c in cols:
@@ -194,6 +205,9 @@ def main(argv=None) -> int:
     parser.add_argument("--k_factors", default="1,2", help="K as multiples of the true number")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--cluster_factor", type=int, default=2, help="scARKIDS' components per cluster"
+    )
     parser.add_argument("--table", action="store_true", help="only rebuild the table")
     args = parser.parse_args(argv)
     if not args.table:
@@ -206,6 +220,7 @@ def main(argv=None) -> int:
                 [int(k) for k in args.k_factors.split(",")],
                 args.methods.split(","),
                 args.threads,
+                args.cluster_factor,
             )
     if RUNS.exists():
         print(write_table().read_text())

@@ -107,7 +107,16 @@ def test_train_unsupervised(workdir, capsys):
     rc, out, err = run(["train", "--config", "config.yaml"], capsys)
     assert rc == 0, err
     payload = checkpoint.read(workdir / "checkpoints" / "best_model.pt")
-    assert payload["registry"]["labels_are_clusters"]
+    registry = payload["registry"]
+    assert registry["labels_are_clusters"] and registry["max_clusters"] == 3
+    assert payload["init_params"]["n_labels"] == 6  # global.cluster_factor: 2 components each
+    # the components in use, merged into at most 3 clusters, each component in one
+    groups = registry["cluster_groups"]
+    assert 1 <= len(groups) <= 3
+    members = [c for g in groups for c in g]
+    assert len(members) == len(set(members)) and set(members) <= set(registry["label_categories"])
+    log_text = (workdir / "logs" / "training.log").read_text()
+    assert f"Clusters: {len(groups)} (global.n_cell_types = 3 is a maximum)" in log_text
     assert len(epoch_lines(workdir / "logs" / "training.log")) == 3
 
 

@@ -96,6 +96,51 @@ def test_unsupervised_clusters_above_the_true_number_stay_pure():
         model.predict(max_clusters=0)
 
 
+@pytest.mark.slow
+def test_unsupervised_clusters_are_merged_components(tmp_path):
+    """The prior fits cluster_factor x n_labels components; training ends by merging those
+    in use into at most n_labels clusters, which predictions, checkpoints, generation and
+    refinement all name the same way."""
+    adata = strong_batch_data(seed=2)
+    SCARKIDS.setup_anndata(adata, batch_key="batch")
+    model = SCARKIDS(adata, n_labels=5, seed=1)
+    assert model.module.n_labels == 10 and model.registry.max_clusters == 5
+    model.train(40, progress_bar=False, seed=1)
+    groups = model.registry.cluster_groups
+    members = sorted(c for g in groups for c in g)
+    in_use = np.asarray(model.registry.label_categories)[model.module.labels_in_use().numpy()]
+    assert members == sorted(in_use)  # a partition of the components in use
+    assert model.label_names == [f"cluster_{i}" for i in range(len(groups))]
+    assert len(groups) <= 5
+    pred = model.predict()
+    assert set(pred) <= set(model.label_names)
+    assert adjusted_rand_score(adata.obs["cell_type"], pred) >= 0.9
+    sizes = pd.Series(pred).value_counts()
+    assert sizes.index[0] == "cluster_0"  # numbered by decreasing size
+    # the clusters are saved with the model
+    loaded = SCARKIDS.load(model.save(tmp_path / "m.pt"), adata)
+    assert loaded.registry.cluster_groups == groups
+    assert np.array_equal(loaded.predict(), pred)
+    # a cluster's generated cells are predicted as that cluster
+    b0 = model.registry.batch_categories[0]
+    out = model.generate(60, cell_type="cluster_1", batch=b0, seed=0)
+    assert set(out.obs["cell_type"].astype(str)) == {"cluster_1"}
+    assert (model.predict(out) == "cluster_1").mean() >= 0.8
+    # refinement conditions each cell on its cluster's most probable component
+    refined = model.refine_latent(labels=pred, n_steps=5, seed=0)
+    assert refined.shape == (adata.n_obs, 10) and np.isfinite(refined).all()
+    with pytest.raises(scarkids.errors.InputDataError, match="does not know"):
+        model.refine_latent(labels=["cluster_99"] * adata.n_obs, n_steps=5)
+
+
+@pytest.mark.parametrize("kwargs", [{"cluster_factor": 0}, {"n_labels": 0}, {"n_labels": 2.5}])
+def test_bad_cluster_numbers_are_one_line_errors(kwargs):
+    adata = scarkids.datasets.simulate(60, 30, n_batches=2, n_cell_types=2, seed=0)
+    SCARKIDS.setup_anndata(adata, batch_key="batch")
+    with pytest.raises(scarkids.errors.InputDataError, match="positive integer"):
+        SCARKIDS(adata, **kwargs)
+
+
 def test_max_clusters_needs_an_unsupervised_model(supervised_model):
     with pytest.raises(scarkids.errors.InputDataError, match="max_clusters"):
         supervised_model.predict(max_clusters=3)

@@ -378,7 +378,16 @@ def _finalise(session: _Session, model, state, extra: dict, seconds: float) -> d
             session.best_path,
             seconds,
         )
-    if model.registry.labels_are_clusters:
+    if model.registry.labels_are_clusters and model.registry.cluster_groups:
+        log.info(
+            "Clusters: %d (global.n_cell_types = %d is a maximum): %d of %d mixture components "
+            "in use (those under 0.1%% of the cells are switched off), merged into clusters",
+            len(model.label_names),
+            model.registry.max_clusters,
+            int(model.module.labels_in_use().sum()),
+            len(model.registry.label_categories),
+        )
+    elif model.registry.labels_are_clusters:
         log.info(
             "Clusters in use: %d of %d (global.n_cell_types is a maximum; clusters holding "
             "under 0.1%% of the cells are switched off)",
@@ -444,6 +453,7 @@ def _new_model(cfg, adata):
         adata,
         n_latent=glob["latent_dim"],
         n_labels=glob["n_cell_types"] or 10,
+        cluster_factor=glob["cluster_factor"],
         seed=cfg["training"]["seed"],
         **module_kwargs(cfg),
     )

@@ -58,6 +58,9 @@ GLOBAL = {
     "n_cell_types": Key(
         "int", None, optional=True, gt=0, help="max types, or clusters in unsupervised mode"
     ),
+    "cluster_factor": Key(
+        "int", 2, ge=1, help="unsupervised: mixture components per cluster, merged after training"
+    ),
     "supervised": Key("bool", True),
     "eps": Key("float", None, optional=True, gt=0, legacy=_UNUSED.format(key="global.eps")),
     "dropout": Key("float", 0.1, ge=0, lt=1),

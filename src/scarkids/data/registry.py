@@ -34,6 +34,12 @@ class Registry:
     label_categories: list[str]
     #: True when ``label_categories`` are unnamed clusters (unsupervised from scratch)
     labels_are_clusters: bool = False
+    #: unsupervised: the most clusters the model reports (``n_labels``); the module fits
+    #: mixture components, ``cluster_factor`` times as many, that training merges into them
+    max_clusters: int | None = None
+    #: unsupervised, once trained: the reported clusters, each a list of component names
+    #: (``label_categories``), largest first; ``None``: every component is a cluster
+    cluster_groups: list[list[str]] | None = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

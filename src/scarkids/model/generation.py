@@ -145,21 +145,34 @@ class ModelGeneration:
         for t, b, n in pairs:
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
                 raise InputDataError(f"the number of cells must be a whole number >= 0, got {n!r}")
-            label = self.registry.label_categories.index(types[code(t, types, "cell type")])
+            label = self._type_code(types[code(t, types, "cell type")])
             out.append((label, code(b, batches, "batch"), int(n)))
         if sum(n for *_, n in out) == 0:
             raise InputDataError("nothing to generate: every requested count is 0")
         return out
 
-    def _update_type_library_sizes(self, library, batch, labels) -> None:
+    def _type_code(self, name: str) -> int:
+        """The code of a name of :attr:`label_names`: its index in the model's labels, or
+        for a cluster of components, the number of labels plus the cluster's index."""
+        if self._cluster_components() is not None:
+            return len(self.registry.label_categories) + self.label_names.index(name)
+        return self.registry.label_categories.index(name)
+
+    def _code_name(self, code: int) -> str:
+        """The name of a :meth:`_type_code`."""
+        n = len(self.registry.label_categories)
+        return self.registry.label_categories[code] if code < n else self.label_names[code - n]
+
+    def _update_type_library_sizes(self, library, batch, labels, names=None) -> None:
         """Merge the (cell type, batch) log-normal fits of these cells into
-        ``library_sizes_by_type`` (labels: codes into the model's labels, < 0 unlabelled)."""
+        ``library_sizes_by_type`` (labels: codes into ``names``, by default the model's
+        labels; < 0 unlabelled)."""
         fits = library_fit_by_type(
             library,
             batch,
             labels,
             self.registry.batch_categories,
-            self.registry.label_categories,
+            self.registry.label_categories if names is None else names,
         )
         for t, per_batch in fits.items():
             self.library_sizes_by_type.setdefault(t, {}).update(per_batch)
@@ -185,7 +198,7 @@ class ModelGeneration:
         def fits(per_batch: dict) -> dict:
             return {k: f for k, f in per_batch.items() if f[2] >= MIN_FIT_CELLS}
 
-        own = fits(by_type.get(str(self.registry.label_categories[t]), {}))
+        own = fits(by_type.get(self._code_name(t), {}))
         if name in own:
             return own[name][0], own[name][1]
         if not own:
@@ -221,7 +234,15 @@ class ModelGeneration:
         gen.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
         if n == 0:
             return torch.zeros((0, self.module.n_latent), device=self.device)
-        lab = torch.full((n,), label + LABEL_OFFSET, device=self.device, dtype=torch.long)
+        groups = self._cluster_components()
+        n_labels = len(self.registry.label_categories)
+        if groups is not None and label >= n_labels:  # a cluster: its components by pi
+            comps = torch.as_tensor(groups[label - n_labels], device=self.device)
+            pi = self.module.log_label_prior[comps].exp()
+            pick = torch.multinomial(pi / pi.sum(), n, replacement=True, generator=gen)
+            lab = comps[pick] + LABEL_OFFSET
+        else:
+            lab = torch.full((n,), label + LABEL_OFFSET, device=self.device, dtype=torch.long)
         # one chain for all n codes, the network in chunks: batch_size does not change them
         return self.module.prior.sample(lab, n_steps=n_steps, generator=gen, chunk_size=batch_size)
 
@@ -367,7 +388,9 @@ class ModelGeneration:
 
     def _generated_anndata(self, ad, rows, zs, obs, seed, n_steps):
         frame = pd.concat(obs, ignore_index=True)
-        types = np.asarray(self.registry.label_categories, dtype=object)
+        codes = sorted(set(frame["t"]))
+        types = np.empty(max(codes) + 1, dtype=object)
+        types[codes] = [self._code_name(t) for t in codes]
         batches = np.asarray(self.registry.batch_categories, dtype=object)
         label_key = self.registry.labels_key or "cell_type"
         obs_df = pd.DataFrame(

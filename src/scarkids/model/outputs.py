@@ -265,22 +265,58 @@ class ModelOutputs:
             latent = self.get_latent_representation(adata, batch_size=batch_size)
         z = torch.as_tensor(latent, device=self.device)
         probs = self.module.label_log_probs(z, self.temperature).exp()
-        if in_use_only and self.registry.labels_are_clusters:  # only the clusters in use
+        groups = self._cluster_components() if in_use_only else None
+        if groups is not None:  # an unsupervised model's clusters: sums of components
+            probs = torch.stack([probs[:, g].sum(1) for g in groups], 1)
+            probs = probs / probs.sum(1, keepdim=True)
+        elif in_use_only and self.registry.labels_are_clusters:  # only the clusters in use
             probs = probs[:, self.module.labels_in_use()]
             probs = probs / probs.sum(1, keepdim=True)
         return probs.cpu().numpy()
+
+    def _cluster_components(self) -> list[list[int]] | None:
+        """Per reported cluster of an unsupervised model, its components' label codes;
+        ``None`` when every component is a cluster (or the labels are cell types)."""
+        groups = self.registry.cluster_groups if self.registry.labels_are_clusters else None
+        if not groups:
+            return None
+        index = {name: i for i, name in enumerate(self.registry.label_categories)}
+        return [[index[c] for c in group] for group in groups]
 
     @property
     def label_names(self) -> list[str]:
         """Names of the labels that predictions use.
 
-        The cell types, or for an unsupervised model the clusters in use (clusters whose
-        mixing proportion fell below 0.1% are switched off)."""
+        The cell types, or for an unsupervised model its clusters: ``cluster_0``,
+        ``cluster_1``, ... by decreasing size, each a group of mixture components
+        (``SCARKIDS(cluster_factor=...)``), or, for a model whose every component is a
+        cluster, the components in use (those whose mixing proportion fell below 0.1% are
+        switched off)."""
         names = self.registry.label_categories
         if not self.registry.labels_are_clusters:
             return list(names)
+        if self.registry.cluster_groups:
+            return [f"cluster_{i}" for i in range(len(self.registry.cluster_groups))]
         used = self.module.labels_in_use().cpu().numpy()
         return [n for n, u in zip(names, used, strict=True) if u]
+
+    def _label_codes(self, names: np.ndarray, z) -> np.ndarray:
+        """Component codes ``(n,)`` of label names ``(n,)``: a cell type's code, or for a
+        cluster of components (:attr:`label_names`) its component most probable at the
+        cell's code in ``z`` ``(n, n_latent)``."""
+        codes = pd.Index(self.registry.label_categories).get_indexer(names)
+        groups = self._cluster_components()
+        if groups is not None:
+            cluster = pd.Index(self.label_names).get_indexer(names)
+            if (cluster >= 0).any():
+                probs = self._label_probs(latent=z, in_use_only=False)
+                for g, comps in enumerate(groups):
+                    rows = np.flatnonzero(cluster == g)
+                    if rows.size:
+                        codes[rows] = np.asarray(comps)[probs[np.ix_(rows, comps)].argmax(1)]
+        if (codes < 0).any():
+            raise InputDataError("refine_latent: labels contain names the model does not know")
+        return codes
 
     def _check_max_clusters(self, max_clusters, caller: str) -> None:
         if max_clusters is None:
@@ -320,14 +356,13 @@ class ModelOutputs:
         """Cell-type predictions: names ``(n_cells,)``, or with ``soft`` a DataFrame of
         probabilities (cells x cell types).
 
-        The labels are :attr:`label_names`: the cell types, or for an unsupervised model the
-        clusters in use (probabilities renormalised over those). With ``max_clusters``, an
-        unsupervised model's clusters in use are merged into at most that many groups, the
+        The labels are :attr:`label_names`: the cell types, or for an unsupervised model its
+        clusters (at most ``n_labels``: the mixture components in use, merged after
+        training, see ``SCARKIDS(cluster_factor=...)``). With ``max_clusters``, an
+        unsupervised model's clusters are merged further into at most that many groups, the
         pair the posterior confuses most first (the entropy criterion of Baudry et al.,
         2010; :func:`scarkids.model.clusters.merge_clusters`), and a group is named after
-        its clusters joined by ``+`` (``"cluster_3+cluster_7"``). Training with about twice
-        as many clusters as expected types and merging down recovers the types better than
-        training with as many (``benchmarks/clustering.py``).
+        its clusters joined by ``+`` (``"cluster_3+cluster_7"``).
 
         Parameters
         ----------
@@ -339,10 +374,11 @@ class ModelOutputs:
         soft
             Return the probabilities ``q(c | z0)`` instead of the most probable label.
         max_clusters
-            Unsupervised models only: merge the clusters in use into at most this many
-            groups (at least 1). The merges are decided on at most 50,000 of the cells, so
-            they depend on ``adata``; to name the same groups on new cells, pass them
-            together. ``None`` keeps every cluster in use.
+            Unsupervised models only: merge the clusters into at most this many groups (at
+            least 1). These merges are decided on at most 50,000 of the cells, so they
+            depend on ``adata`` (unlike the model's own clusters, fixed at training); to
+            name the same groups on new cells, pass them together. ``None`` keeps the
+            model's clusters.
         batch_size
             Cells encoded at a time.
 
@@ -397,8 +433,8 @@ class ModelOutputs:
             ``(n_cells, n_latent)`` codes from :meth:`get_latent_representation`, which saves
             encoding the cells again; ``None`` encodes them (4096 cells at a time).
         max_clusters
-            Unsupervised models only: labels are the clusters in use merged into at most
-            this many groups, as in :meth:`predict`; probability and entropy are the
+            Unsupervised models only: labels are the model's clusters merged further into
+            at most this many groups, as in :meth:`predict`; probability and entropy are the
             groups'. The novelty does not depend on it.
 
         Returns
@@ -507,10 +543,7 @@ class ModelOutputs:
         if labels is None:
             codes = self._label_probs(latent=z, in_use_only=False).argmax(1)
         else:
-            names = np.asarray(labels).astype(str)
-            codes = pd.Index(self.registry.label_categories).get_indexer(names)
-            if (codes < 0).any():
-                raise InputDataError("refine_latent: labels contain names the model does not know")
+            codes = self._label_codes(np.asarray(labels).astype(str), z)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         # every cell's chain at once, the noise network in chunks of batch_size: each
         # step's noise is one draw for all cells, so batch_size does not change the result

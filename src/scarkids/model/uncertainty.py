@@ -239,11 +239,12 @@ class ModelUncertainty:
             with torch.no_grad():
                 log_p = self.module.label_log_probs(z, self.temperature)
                 log_p[:, ~self.module.labels_in_use()] = -torch.inf
-            self._update_type_library_sizes(
-                torch.cat(library).cpu().numpy(),
-                data.batch[val].cpu().numpy(),
-                log_p.argmax(1).cpu().numpy(),
-            )
+            library = torch.cat(library).cpu().numpy()
+            val_batch = data.batch[val].cpu().numpy()
+            self._update_type_library_sizes(library, val_batch, log_p.argmax(1).cpu().numpy())
+            if self._cluster_components() is not None:  # and per (cluster, batch)
+                clusters = self._label_probs(latent=z.cpu().numpy()).argmax(1)
+                self._update_type_library_sizes(library, val_batch, clusters, self.label_names)
         if data.label_mode != "unlabelled" and not self.registry.labels_are_clusters:
             known = labels >= 0
             if int(known.sum()) >= 20:
