@@ -434,7 +434,7 @@ def _check_cluster_count(cfg, adata, val_adata, base, source: str) -> None:
     if cfg["global"]["supervised"]:
         return
     if base is not None:
-        n_clusters = len(base.registry.label_categories)
+        n_clusters = base.registry.max_clusters or len(base.registry.label_categories)
     else:
         n_clusters = cfg["global"]["n_cell_types"] or 10
     n_cells = adata.n_obs + (val_adata.n_obs if val_adata is not None else 0)

@@ -47,7 +47,9 @@ class Registry:
 
     @classmethod
     def from_dict(cls, d: dict) -> Registry:
-        return cls(**d)
+        """The registry of a checkpoint's dict; keys a later version added are ignored."""
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def describe(adata, source: str | None) -> str:

@@ -113,6 +113,25 @@ def _check_cluster_numbers(n_labels, cluster_factor) -> None:
             )
 
 
+def _keep_cluster_numbers(new: list[list[str]], old: list[list[str]] | None) -> list:
+    """``new`` clusters (lists of component names, largest first) renumbered so that a
+    cluster sharing the most components with a previous session's cluster keeps its number
+    (one-to-one, by shared components); the others follow, largest first."""
+    if not old:
+        return new
+    from scipy.optimize import linear_sum_assignment
+
+    shared = np.array([[len(set(a) & set(b)) for b in old] for a in new])
+    rows, cols = linear_sum_assignment(-shared)
+    place = {int(r): int(c) for r, c in zip(rows, cols, strict=True) if shared[r, c] > 0}
+    slots = [None] * max(len(new), len(old))
+    for r, c in place.items():
+        slots[c] = new[r]
+    rest = iter(g for i, g in enumerate(new) if i not in place)
+    out = [g if g is not None else next(rest, None) for g in slots]
+    return [g for g in out if g is not None] + list(rest)
+
+
 def _batch_and_rate(
     batch_size: int | None, learning_rate: float | None, n_cells: int, device, name, progress_bar
 ) -> tuple[int, float]:
@@ -189,8 +208,15 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
             clusters, max_clusters = False, None
         else:
             _check_cluster_numbers(n_labels, cluster_factor)
-            n, prefix = n_labels * cluster_factor, "cluster" if cluster_factor == 1 else "component"
-            labels, clusters, max_clusters = [f"{prefix}_{i}" for i in range(n)], True, n_labels
+            n, prefix = (
+                int(n_labels * cluster_factor),
+                "cluster" if cluster_factor == 1 else "component",
+            )
+            labels, clusters, max_clusters = (
+                [f"{prefix}_{i}" for i in range(n)],
+                True,
+                int(n_labels),
+            )
             probs = module_kwargs.get("label_prior_probs")
             if probs is not None and cluster_factor > 1 and len(probs) == n_labels:
                 # one probability per cluster: shared by its components
@@ -327,10 +353,7 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
                     if name not in self.registry.label_categories:
                         if self.registry.labels_are_clusters:
                             # a supervised session on an unsupervised model: names replace clusters
-                            self.registry.label_categories = []
-                            self.registry.labels_are_clusters = False
-                            self.registry.max_clusters = None
-                            self.registry.cluster_groups = None
+                            self._clusters_to_types()
                         self.registry.label_categories.append(name)
             codes = category_codes(
                 col,
@@ -563,6 +586,17 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
         self._calibrate(data, fit_reference=trainable is None, seed=seed)
         return self
 
+    def _clusters_to_types(self) -> None:
+        """A supervised session on an unsupervised model: cell-type names replace the
+        clusters (the module keeps one label slot per former cluster, not per component,
+        and the clusters' library sizes go)."""
+        r = self.registry
+        if r.max_clusters and self.module.n_labels > r.max_clusters:
+            self.module.keep_labels(r.max_clusters)
+        r.label_categories, r.labels_are_clusters = [], False
+        r.max_clusters, r.cluster_groups = None, None
+        self.library_sizes_by_type = {}
+
     @torch.no_grad()
     def _merge_components(self, data, name: str, progress_bar: bool) -> None:
         """Unsupervised, after a session that trained everything: merge the mixture
@@ -591,9 +625,10 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
         groups = merge_clusters(probs, r.max_clusters)
         mass = np.array([probs[:, g].sum() for g in groups])
         names = np.asarray(r.label_categories, dtype=object)[used.cpu().numpy()]
-        r.cluster_groups = [
-            [str(c) for c in names[groups[i]]] for i in np.argsort(-mass, kind="stable")
-        ]
+        new = [[str(c) for c in names[groups[i]]] for i in np.argsort(-mass, kind="stable")]
+        for i in range(len(r.cluster_groups or [])):  # the previous session's clusters' fits
+            self.library_sizes_by_type.pop(f"cluster_{i}", None)
+        r.cluster_groups = _keep_cluster_numbers(new, r.cluster_groups)
         _say(
             f"{name}: {int(used.sum())} mixture components in use, merged into "
             f"{len(r.cluster_groups)} clusters (at most {r.max_clusters})",
@@ -666,9 +701,16 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
 
     def __repr__(self) -> str:
         r = self.registry
-        kind = "unsupervised clusters" if r.labels_are_clusters else "cell types"
+        if r.labels_are_clusters and r.max_clusters and r.max_clusters < len(r.label_categories):
+            kind = (
+                f"{len(r.label_categories)} mixture components (at most {r.max_clusters} clusters)"
+            )
+        elif r.labels_are_clusters:
+            kind = f"{len(r.label_categories)} unsupervised clusters"
+        else:
+            kind = f"{len(r.label_categories)} cell types"
         return (
             f"SCARKIDS: {len(r.gene_names)} genes, {len(r.batch_categories)} batches, "
-            f"{len(r.label_categories)} {kind}, latent {self.module.n_latent}, "
+            f"{kind}, latent {self.module.n_latent}, "
             f"{self._prior_text()}, trained={self.is_trained}"
         )

@@ -12,7 +12,7 @@ from scarkids.errors import CheckpointError
 from scarkids.train import distributed
 
 FORMAT = "scarkids-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def resolve_path(path: str | os.PathLike) -> Path:

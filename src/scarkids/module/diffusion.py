@@ -279,6 +279,13 @@ class DiffusionPrior(nn.Module):
         if n_new > 0:
             self.net.label = extend_embedding(self.net.label, n_new)
 
+    def keep_labels(self, n: int) -> None:
+        """Keep the first ``n`` cell types' label embeddings (and the null label's)."""
+        old = self.net.label.weight.data
+        if n + 1 < old.shape[0]:
+            self.net.label = nn.Embedding(n + 1, old.shape[1]).to(old.device, old.dtype)
+            self.net.label.weight.data.copy_(old[: n + 1])
+
     # ------------------------------------------------------------------ bound
     def sample_steps(
         self, n: int, *, importance: bool = False, generator: torch.Generator | None = None

@@ -53,6 +53,10 @@ class GaussianPrior(nn.Module):
         """Add ``n_new`` cell types (nothing to learn for them)."""
         self._n_labels += n_new
 
+    def keep_labels(self, n: int) -> None:
+        """Keep the first ``n`` cell types."""
+        self._n_labels = min(self._n_labels, n)
+
     def sample_steps(self, n: int, *, importance: bool = False, generator=None):
         """No diffusion steps: placeholders, no random draw."""
         return _steps_unused(n, self._device_probe.device)
@@ -134,6 +138,11 @@ class MixturePrior(nn.Module):
         self.log_std = nn.Parameter(
             torch.cat([self.log_std.data, torch.zeros(n_new, self.n_latent, device=d)])
         )
+
+    def keep_labels(self, n: int) -> None:
+        """Keep the first ``n`` cell types' Gaussians (and the null label's)."""
+        self.mean = nn.Parameter(self.mean.data[: n + 1].clone())
+        self.log_std = nn.Parameter(self.log_std.data[: n + 1].clone())
 
     def sample_steps(self, n: int, *, importance: bool = False, generator=None):
         """No diffusion steps: placeholders, no random draw."""

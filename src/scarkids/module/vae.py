@@ -506,6 +506,20 @@ class SCARKIDSModule(nn.Module):
         return F.log_softmax(self.classifier(z) / temperature, dim=-1)
 
     # -------------------------------------------------------------- surgery
+    def keep_labels(self, n: int) -> None:
+        """Keep the first ``n`` labels of the classifier and the prior; pi uniform again.
+
+        Parameters
+        ----------
+        n
+            Number of labels kept; as many or more keeps every label (and pi).
+        """
+        if n >= self.n_labels:
+            return
+        self.classifier.keep_labels(n)
+        self.prior.keep_labels(n)
+        self.log_label_prior = torch.full((n,), -math.log(n), device=self.log_label_prior.device)
+
     def extend_batches(self, n_new: int) -> None:
         """Add ``n_new`` batch slots (encoder if it sees batches, decoder, dispersion).
 

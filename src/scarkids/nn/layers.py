@@ -347,3 +347,14 @@ class Classifier(nn.Module):
             new.weight[: old.out_features] = old.weight
             new.bias[: old.out_features] = old.bias
         self.out = new
+
+    def keep_labels(self, n: int) -> None:
+        """Keep the outputs of the first ``n`` labels only."""
+        old = self.out
+        if n >= old.out_features:
+            return
+        new = nn.Linear(old.in_features, n).to(old.weight.device)
+        with torch.no_grad():
+            new.weight.copy_(old.weight[:n])
+            new.bias.copy_(old.bias[:n])
+        self.out = new
