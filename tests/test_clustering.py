@@ -46,6 +46,10 @@ def test_k_is_a_maximum():
     assert len(np.unique(labels)) == 4
     assert adjusted_rand_score(truth, labels) == 1.0
     assert len(np.unique(initial_clusters(z, 3, seed=0))) == 3  # fewer allowed than found
+    # two components per community: each blob in two pieces, no piece across two blobs
+    two = initial_clusters(z, 10, seed=0, per_community=2)
+    assert len(np.unique(two)) == 8
+    assert max(len(np.unique(truth[two == c])) for c in np.unique(two)) == 1
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -638,10 +638,15 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
     def _session_plan(self, freeze: str, n_batches_before: int, settings: TrainingSettings):
         """The freeze plan (trainable parameters, gradient masks) of this session; the
         clustering of ``settings`` is switched off unless the labels are this model's own
-        clusters and every parameter trains (a query session keeps the reference's)."""
+        clusters and every parameter trains (a query session keeps the reference's), and
+        otherwise allows the model's components per cluster per Leiden community."""
         trainable, masks = self._freeze_plan(freeze, n_batches_before)
         if not self.registry.labels_are_clusters or trainable is not None:
             settings.cluster_init_epoch, settings.learn_cluster_prior = None, False
+        elif self.registry.max_clusters:  # components per cluster, per Leiden community
+            settings.components_per_community = max(
+                1, self.module.n_labels // self.registry.max_clusters
+            )
         return trainable, masks
 
     def _training_data(

@@ -87,7 +87,12 @@ def n_communities(z: np.ndarray, seed: int, n_neighbors: int = N_NEIGHBORS) -> i
 
 
 def initial_clusters(
-    z: np.ndarray, max_clusters: int, seed: int, *, fit_cells: int = 20_000
+    z: np.ndarray,
+    max_clusters: int,
+    seed: int,
+    *,
+    fit_cells: int = 20_000,
+    per_community: int = 1,
 ) -> np.ndarray:
     """Cluster labels (n,) of the latent means ``z`` (n, d): at most ``max_clusters`` of them.
 
@@ -102,11 +107,15 @@ def initial_clusters(
     z
         ``(n, d)`` latent means.
     max_clusters
-        Most clusters returned (fewer when the latent has fewer Leiden communities).
+        Most clusters returned (fewer when the latent has fewer Leiden communities, times
+        ``per_community``).
     seed
         Seed of the subset, k-means and Leiden.
     fit_cells
         Largest number of cells the clustering is fitted on.
+    per_community
+        Clusters allowed per Leiden community (a model that merges ``cluster_factor``
+        mixture components per cluster after training asks for that many).
 
     Returns
     -------
@@ -121,7 +130,8 @@ def initial_clusters(
     if n > fit_cells:
         fit = np.sort(np.random.default_rng(seed).choice(n, fit_cells, replace=False))
     with threadpool_limits(1):  # one thread: the same sums, hence the same clusters, anywhere
-        n_used = max(1, min(max_clusters, n_communities(z[fit], seed), len(fit)))
+        bound = per_community * n_communities(z[fit], seed)
+        n_used = max(1, min(max_clusters, bound, len(fit)))
         n_pieces = min(OVERCLUSTER * max_clusters, len(fit))
         km = KMeans(n_clusters=n_pieces, n_init=4, random_state=seed).fit(z[fit])
         pieces = km.predict(z)

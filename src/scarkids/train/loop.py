@@ -164,9 +164,11 @@ def cluster_latent(
     chunk: int = 4096,
     fit_cells: int = 20_000,
     align: bool = False,
+    per_community: int = 1,
 ) -> torch.Tensor:
     """Initial cluster labels (n_cells,) of every cell's latent mean, at most ``n_clusters``
-    distinct ones (:func:`scarkids.train.clustering.initial_clusters`); -1 never occurs.
+    distinct ones (:func:`scarkids.train.clustering.initial_clusters`, at most
+    ``per_community`` per Leiden community); -1 never occurs.
     With ``align`` the clusters are renumbered to match the classifier's current labels."""
     was_training = module.training
     module.eval()
@@ -174,7 +176,9 @@ def cluster_latent(
     z = torch.empty(n, module.n_latent, device=data.batch.device)
     for s, e in releasing_memory(_batches(n, chunk)):
         z[s:e] = module.inference(data.X.row_block(s, e), data.batch[s:e], sample=False)["z"]
-    labels = initial_clusters(z.cpu().numpy(), n_clusters, seed, fit_cells=fit_cells)
+    labels = initial_clusters(
+        z.cpu().numpy(), n_clusters, seed, fit_cells=fit_cells, per_community=per_community
+    )
     if align:  # keep each cluster's index where the classifier already puts its cells
         before = module.label_log_probs(z).argmax(-1).cpu().numpy()
         labels = align_labels(labels, before, module.n_labels)
@@ -213,7 +217,12 @@ def _epoch_labels(module, data, settings, state, epoch: int, steps_per_epoch: in
     if epoch == init and state.pseudo_labels is None:
         # aligned to the classifier: a trained model's clusters keep their indices
         state.pseudo_labels = cluster_latent(
-            module, data, module.n_labels, settings.seed, align=True
+            module,
+            data,
+            module.n_labels,
+            settings.seed,
+            align=True,
+            per_community=settings.components_per_community,
         )
         state.cluster_init_epoch = epoch
     refresh = None
@@ -227,7 +236,12 @@ def _epoch_labels(module, data, settings, state, epoch: int, steps_per_epoch: in
         and state.cluster_refresh_epoch is None
     ):
         state.pseudo_labels = cluster_latent(
-            module, data, module.n_labels, settings.seed + 1, align=True
+            module,
+            data,
+            module.n_labels,
+            settings.seed + 1,
+            align=True,
+            per_community=settings.components_per_community,
         )
         state.cluster_refresh_epoch = epoch
     if state.pseudo_labels is None:

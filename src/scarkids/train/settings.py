@@ -150,6 +150,10 @@ class TrainingSettings:
     min_cluster_fraction
         Share of the cells below which a cluster is switched off (see
         ``learn_cluster_prior``).
+    components_per_community
+        Unsupervised only: each clustering uses at most this many clusters per Leiden
+        community of the latent's neighbour graph (``SCARKIDS(cluster_factor=...)`` sets it
+        to its factor, so that every cluster the latent supports gets its components).
     seed
         Seed of the clusterings and, in a distributed run, of the shared shuffling and each
         process's noise; :meth:`scarkids.SCARKIDS.train` also seeds torch and the validation
@@ -193,6 +197,9 @@ class TrainingSettings:
     #: a maximum and surplus clusters stay empty
     learn_cluster_prior: bool = True
     min_cluster_fraction: float = 1e-3
+    #: unsupervised only: each clustering uses at most this many clusters per Leiden
+    #: community of the latent (the model's ``cluster_factor``: components per cluster)
+    components_per_community: int = 1
     seed: int = 0
     progress_bar: bool = True
     #: name shown in the progress bar and log lines
