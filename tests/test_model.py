@@ -77,7 +77,9 @@ def test_unsupervised_clusters_above_the_true_number_stay_pure():
     model.train(60, progress_bar=False, seed=0)
     pred = model.predict()
     in_use = model.label_names
-    assert 5 <= len(in_use) <= 10 and set(pred) <= set(in_use)
+    # K is a maximum: the 20 components merge into no more clusters than the latent has
+    # Leiden communities (5 types), not into the 10 allowed
+    assert 5 <= len(in_use) <= 7 and set(pred) <= set(in_use)
     table = pd.crosstab(pred, adata.obs["cell_type"].to_numpy())
     assert table.max(axis=1).sum() / adata.n_obs >= 0.95  # majority-mapped accuracy
     soft = model.predict(soft=True)

@@ -582,7 +582,7 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
         self.history = self.training_state.history
         self.is_trained = True
         if trainable is None:
-            self._merge_components(data, name, progress_bar)
+            self._merge_components(data, name, progress_bar, seed)
         self._calibrate(data, fit_reference=trainable is None, seed=seed)
         return self
 
@@ -598,11 +598,12 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
         self.library_sizes_by_type = {}
 
     @torch.no_grad()
-    def _merge_components(self, data, name: str, progress_bar: bool) -> None:
+    def _merge_components(self, data, name: str, progress_bar: bool, seed: int) -> None:
         """Unsupervised, after a session that trained everything: merge the mixture
-        components in use into at most ``registry.max_clusters`` clusters
-        (:func:`~scarkids.model.clusters.merge_clusters` on every training cell's
-        ``q(c | z0)``), numbered by decreasing mass, into ``registry.cluster_groups``."""
+        components in use into at most ``registry.max_clusters`` clusters, and no more than
+        the latent has Leiden communities (:func:`~scarkids.model.clusters.merge_clusters`
+        on every training cell's ``q(c | z0)``), numbered by decreasing mass, into
+        ``registry.cluster_groups``."""
         r = self.registry
         if (
             not r.labels_are_clusters
@@ -611,18 +612,21 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
         ):
             return
         from scarkids.model.clusters import merge_clusters
+        from scarkids.train.clustering import latent_communities
 
         self.module.eval()
         used = self.module.labels_in_use()
         n = data.batch.shape[0]
-        probs = []
+        probs, codes = [], []
         for s in releasing_memory(range(0, n, 4096)):
             e = min(s + 4096, n)
             z = self.module.inference(data.X.row_block(s, e), data.batch[s:e], sample=False)["z"]
             p = self.module.label_log_probs(z)[:, used].exp()
             probs.append((p / p.sum(1, keepdim=True)).cpu())
+            codes.append(z.cpu())
         probs = torch.cat(probs).double().numpy()
-        groups = merge_clusters(probs, r.max_clusters)
+        communities = latent_communities(torch.cat(codes).numpy(), seed)
+        groups = merge_clusters(probs, min(r.max_clusters, communities))
         mass = np.array([probs[:, g].sum() for g in groups])
         names = np.asarray(r.label_categories, dtype=object)[used.cpu().numpy()]
         new = [[str(c) for c in names[groups[i]]] for i in np.argsort(-mass, kind="stable")]
@@ -631,7 +635,8 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
         r.cluster_groups = _keep_cluster_numbers(new, r.cluster_groups)
         _say(
             f"{name}: {int(used.sum())} mixture components in use, merged into "
-            f"{len(r.cluster_groups)} clusters (at most {r.max_clusters})",
+            f"{len(r.cluster_groups)} clusters (at most {r.max_clusters}, and at most the "
+            f"latent's {communities} Leiden communities)",
             progress_bar,
         )
 

@@ -86,6 +86,18 @@ def n_communities(z: np.ndarray, seed: int, n_neighbors: int = N_NEIGHBORS) -> i
     return len(set(part.membership))
 
 
+def latent_communities(z: np.ndarray, seed: int, *, fit_cells: int = 20_000) -> int:
+    """Leiden communities of the latent means ``z`` (n, d) (:func:`n_communities`), on a
+    seeded subset of ``fit_cells`` cells above that many; one thread, so the same anywhere."""
+    from threadpoolctl import threadpool_limits
+
+    fit = np.arange(len(z))
+    if len(z) > fit_cells:
+        fit = np.sort(np.random.default_rng(seed).choice(len(z), fit_cells, replace=False))
+    with threadpool_limits(1):
+        return n_communities(z[fit], seed)
+
+
 def initial_clusters(
     z: np.ndarray,
     max_clusters: int,
