@@ -280,7 +280,13 @@ class DiffusionPrior(nn.Module):
             self.net.label = extend_embedding(self.net.label, n_new)
 
     def keep_labels(self, n: int) -> None:
-        """Keep the first ``n`` cell types' label embeddings (and the null label's)."""
+        """Keep the first ``n`` cell types' label embeddings (and the null label's).
+
+        Parameters
+        ----------
+        n
+            Number of cell types kept; as many or more keeps every one.
+        """
         old = self.net.label.weight.data
         if n + 1 < old.shape[0]:
             self.net.label = nn.Embedding(n + 1, old.shape[1]).to(old.device, old.dtype)

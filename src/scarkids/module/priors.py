@@ -54,7 +54,13 @@ class GaussianPrior(nn.Module):
         self._n_labels += n_new
 
     def keep_labels(self, n: int) -> None:
-        """Keep the first ``n`` cell types."""
+        """Keep the first ``n`` cell types.
+
+        Parameters
+        ----------
+        n
+            Number of cell types kept.
+        """
         self._n_labels = min(self._n_labels, n)
 
     def sample_steps(self, n: int, *, importance: bool = False, generator=None):
@@ -140,7 +146,13 @@ class MixturePrior(nn.Module):
         )
 
     def keep_labels(self, n: int) -> None:
-        """Keep the first ``n`` cell types' Gaussians (and the null label's)."""
+        """Keep the first ``n`` cell types' Gaussians (and the null label's).
+
+        Parameters
+        ----------
+        n
+            Number of cell types kept.
+        """
         self.mean = nn.Parameter(self.mean.data[: n + 1].clone())
         self.log_std = nn.Parameter(self.log_std.data[: n + 1].clone())
 
