@@ -208,15 +208,9 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
             clusters, max_clusters = False, None
         else:
             _check_cluster_numbers(n_labels, cluster_factor)
-            n, prefix = (
-                int(n_labels * cluster_factor),
-                "cluster" if cluster_factor == 1 else "component",
-            )
-            labels, clusters, max_clusters = (
-                [f"{prefix}_{i}" for i in range(n)],
-                True,
-                int(n_labels),
-            )
+            prefix = "cluster" if cluster_factor == 1 else "component"
+            labels = [f"{prefix}_{i}" for i in range(int(n_labels * cluster_factor))]
+            clusters, max_clusters = True, int(n_labels)
             probs = module_kwargs.get("label_prior_probs")
             if probs is not None and cluster_factor > 1 and len(probs) == n_labels:
                 # one probability per cluster: shared by its components
@@ -613,19 +607,14 @@ class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping
             return
         from scarkids.model.clusters import merge_clusters
         from scarkids.train.clustering import latent_communities
+        from scarkids.train.loop import latent_means
 
         self.module.eval()
         used = self.module.labels_in_use()
-        n = data.batch.shape[0]
-        probs, codes = [], []
-        for s in releasing_memory(range(0, n, 4096)):
-            e = min(s + 4096, n)
-            z = self.module.inference(data.X.row_block(s, e), data.batch[s:e], sample=False)["z"]
-            p = self.module.label_log_probs(z)[:, used].exp()
-            probs.append((p / p.sum(1, keepdim=True)).cpu())
-            codes.append(z.cpu())
-        probs = torch.cat(probs).double().numpy()
-        communities = latent_communities(torch.cat(codes).numpy(), seed)
+        z = latent_means(self.module, data)
+        p = self.module.label_log_probs(z)[:, used].exp()
+        probs = (p / p.sum(1, keepdim=True)).double().cpu().numpy()
+        communities = latent_communities(z.cpu().numpy(), seed)
         groups = merge_clusters(probs, min(r.max_clusters, communities))
         mass = np.array([probs[:, g].sum() for g in groups])
         names = np.asarray(r.label_categories, dtype=object)[used.cpu().numpy()]

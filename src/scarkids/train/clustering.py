@@ -86,16 +86,21 @@ def n_communities(z: np.ndarray, seed: int, n_neighbors: int = N_NEIGHBORS) -> i
     return len(set(part.membership))
 
 
+def _fit_subset(n: int, seed: int, fit_cells: int) -> np.ndarray:
+    """Sorted indices of the cells a clustering is fitted on: all ``n``, or a seeded subset
+    of ``fit_cells`` above that many."""
+    if n <= fit_cells:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, fit_cells, replace=False))
+
+
 def latent_communities(z: np.ndarray, seed: int, *, fit_cells: int = 20_000) -> int:
-    """Leiden communities of the latent means ``z`` (n, d) (:func:`n_communities`), on a
-    seeded subset of ``fit_cells`` cells above that many; one thread, so the same anywhere."""
+    """Leiden communities of the latent means ``z`` (n, d) (:func:`n_communities`), on the
+    cells :func:`initial_clusters` would fit on; one thread, so the same anywhere."""
     from threadpoolctl import threadpool_limits
 
-    fit = np.arange(len(z))
-    if len(z) > fit_cells:
-        fit = np.sort(np.random.default_rng(seed).choice(len(z), fit_cells, replace=False))
     with threadpool_limits(1):
-        return n_communities(z[fit], seed)
+        return n_communities(z[_fit_subset(len(z), seed, fit_cells)], seed)
 
 
 def initial_clusters(
@@ -137,10 +142,7 @@ def initial_clusters(
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
-    n = len(z)
-    fit = np.arange(n)
-    if n > fit_cells:
-        fit = np.sort(np.random.default_rng(seed).choice(n, fit_cells, replace=False))
+    fit = _fit_subset(len(z), seed, fit_cells)
     with threadpool_limits(1):  # one thread: the same sums, hence the same clusters, anywhere
         bound = per_community * n_communities(z[fit], seed)
         n_used = max(1, min(max_clusters, bound, len(fit)))

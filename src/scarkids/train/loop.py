@@ -156,6 +156,21 @@ def evaluate_loss(
 
 
 @torch.no_grad()
+def latent_means(module: SCARKIDSModule, data: TrainingData, chunk: int = 4096) -> torch.Tensor:
+    """``(n_cells, n_latent)`` latent means of every cell of ``data``, encoded ``chunk``
+    cells at a time in evaluation mode (the module's mode is given back)."""
+    was_training = module.training
+    module.eval()
+    n = data.batch.shape[0]
+    z = torch.empty(n, module.n_latent, device=data.batch.device)
+    for s in releasing_memory(range(0, n, chunk)):
+        e = min(s + chunk, n)
+        z[s:e] = module.inference(data.X.row_block(s, e), data.batch[s:e], sample=False)["z"]
+    module.train(was_training)
+    return z
+
+
+@torch.no_grad()
 def cluster_latent(
     module: SCARKIDSModule,
     data: TrainingData,
@@ -172,10 +187,7 @@ def cluster_latent(
     With ``align`` the clusters are renumbered to match the classifier's current labels."""
     was_training = module.training
     module.eval()
-    n = data.batch.shape[0]
-    z = torch.empty(n, module.n_latent, device=data.batch.device)
-    for s, e in releasing_memory(_batches(n, chunk)):
-        z[s:e] = module.inference(data.X.row_block(s, e), data.batch[s:e], sample=False)["z"]
+    z = latent_means(module, data, chunk)
     labels = initial_clusters(
         z.cpu().numpy(), n_clusters, seed, fit_cells=fit_cells, per_community=per_community
     )
@@ -214,16 +226,20 @@ def _epoch_labels(module, data, settings, state, epoch: int, steps_per_epoch: in
     init = settings.cluster_init_epoch
     if init == "auto":
         init = int(min(max(math.ceil(600 / steps_per_epoch), 3), settings.max_epochs // 4))
-    if epoch == init and state.pseudo_labels is None:
+
+    def cluster(seed: int) -> torch.Tensor:
         # aligned to the classifier: a trained model's clusters keep their indices
-        state.pseudo_labels = cluster_latent(
+        return cluster_latent(
             module,
             data,
             module.n_labels,
-            settings.seed,
+            seed,
             align=True,
             per_community=settings.components_per_community,
         )
+
+    if epoch == init and state.pseudo_labels is None:
+        state.pseudo_labels = cluster(settings.seed)
         state.cluster_init_epoch = epoch
     refresh = None
     if settings.cluster_refresh is not None:
@@ -235,14 +251,7 @@ def _epoch_labels(module, data, settings, state, epoch: int, steps_per_epoch: in
         and refresh >= state.cluster_init_epoch + settings.cluster_pretrain_epochs
         and state.cluster_refresh_epoch is None
     ):
-        state.pseudo_labels = cluster_latent(
-            module,
-            data,
-            module.n_labels,
-            settings.seed + 1,
-            align=True,
-            per_community=settings.components_per_community,
-        )
+        state.pseudo_labels = cluster(settings.seed + 1)
         state.cluster_refresh_epoch = epoch
     if state.pseudo_labels is None:
         return data.labels, data.label_mode
