@@ -107,7 +107,7 @@ def test_unsupervised_clusters_are_merged_components(tmp_path):
     SCARKIDS.setup_anndata(adata, batch_key="batch")
     model = SCARKIDS(adata, n_labels=np.int64(5), seed=1)  # a numpy integer saves too
     assert model.module.n_labels == 10 and model.registry.max_clusters == 5
-    model.train(40, progress_bar=False, seed=1)
+    model.train(60, progress_bar=False, seed=1)  # at 60 epochs ARI 1.0 on seeds 0-4
     groups = model.registry.cluster_groups
     members = sorted(c for g in groups for c in g)
     in_use = np.asarray(model.registry.label_categories)[model.module.labels_in_use().numpy()]
