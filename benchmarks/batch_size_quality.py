@@ -22,18 +22,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from integration import N_LATENT, dataset_arguments, git_state, open_dataset, score  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
+from harness import N_LATENT, RESULTS, dataset_arguments, git_state, open_dataset, score
 
 N_SIM_BATCHES, N_SIM_TYPES, N_RARE, RARE_SHARE, SCIB_CELLS = 20, 30, 3, 0.005, 20_000
 

@@ -23,17 +23,15 @@ run in parts. ``--table`` only rebuilds the table.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from integration import (  # noqa: E402
+from harness import (
     DATA_DIR,
     DATASETS,
+    RESULTS,
     git_state,
     load_dataset,
     log,
@@ -45,8 +43,7 @@ from integration import (  # noqa: E402
 ALL = {**DATASETS, "kang_all": "kang_ifnb_all.h5ad"}
 #: labels of kang_all's cells without an author label: trained on, not scored
 UNLABELLED = "unlabeled"
-OUT = Path(__file__).resolve().parent / "results"
-RUNS = OUT / "clustering" / "runs.jsonl"
+RUNS = RESULTS / "clustering" / "runs.jsonl"
 METHODS = ("scARKIDS", "scARKIDS merged", "scVI+Leiden", "scVI+kmeans")
 #: rows of models whose every mixture component was a cluster (``cluster_factor=1``, the
 #: earlier default): "scARKIDS cf=1" and "scARKIDS cf=1 merged"
@@ -193,7 +190,7 @@ def write_table() -> Path:
             + " | ".join(cells)
             + " |"
         )
-    out = OUT / "clustering.md"
+    out = RESULTS / "clustering.md"
     out.write_text("\n".join(lines) + "\n")
     return out
 

@@ -35,17 +35,15 @@ its row); ``benchmarks/results/corrected_expression.md`` is rebuilt from all run
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from integration import (  # noqa: E402
+from harness import (
     DATA_DIR,
     DATASETS,
+    RESULTS,
     git_state,
     hide_labels,
     load_dataset,
@@ -58,8 +56,7 @@ from integration import (  # noqa: E402
     train_scvi,
 )
 
-OUT = Path(__file__).resolve().parent / "results"
-RUNS = OUT / "corrected_expression" / "runs.jsonl"
+RUNS = RESULTS / "corrected_expression" / "runs.jsonl"
 KEY = ("dataset", "method", "seed")
 MIN_CELLS = 10
 N_MARKERS = 50
@@ -246,7 +243,7 @@ def write_table() -> Path:
         ]
         for method, g in df[df["dataset"] == "kang"].groupby("method"):
             lines.append(f"| {method} | " + " | ".join(cell(g[c]) for c in isg) + " |")
-    out = OUT / "corrected_expression.md"
+    out = RESULTS / "corrected_expression.md"
     out.write_text("\n".join(lines) + "\n")
     return out
 

@@ -32,17 +32,15 @@ dimensions); its rows are the dataset's name with the variant in brackets (no fi
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from integration import (  # noqa: E402
+from harness import (
     DATA_DIR,
     DATASETS,
+    RESULTS,
     git_state,
     load_dataset,
     log,
@@ -52,8 +50,7 @@ from integration import (  # noqa: E402
     record_run,
 )
 
-OUT = Path(__file__).resolve().parent / "results"
-RUNS = OUT / "generation" / "runs.jsonl"
+RUNS = RESULTS / "generation" / "runs.jsonl"
 KEY = ("dataset", "source", "seed")
 N_PCS = 50
 SOURCES = ("diffusion", "type-gaussian", "standard-normal", "train-codes", "real-train")
@@ -237,7 +234,7 @@ def plot(name: str, test, gen) -> None:
     sc.pp.neighbors(both, random_state=0)
     sc.tl.umap(both, random_state=0)
     fig = sc.pl.umap(both, color=["source", "cell_type"], wspace=0.45, return_fig=True, show=False)
-    fig.savefig(OUT / f"generation_{name}.png", dpi=110, bbox_inches="tight")
+    fig.savefig(RESULTS / f"generation_{name}.png", dpi=110, bbox_inches="tight")
 
 
 def write_table() -> Path:
@@ -270,7 +267,7 @@ def write_table() -> Path:
         digits = {"n cells": 0, "MMD": 4}
         vals = " | ".join(f"{g[c].mean():.{digits.get(c, 3)}f}" for c in cols)
         lines.append(f"| {ds} | {source} | {len(g)} | {vals} |")
-    out = OUT / "generation.md"
+    out = RESULTS / "generation.md"
     out.write_text("\n".join(lines) + "\n")
     return out
 

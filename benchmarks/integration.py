@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import time
 import warnings
@@ -30,164 +28,41 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from harness import (
+    DATA_DIR,
+    DATASETS,
+    HIDDEN_FRACTION,
+    QUICK_EPOCHS,
+    REFINE_STEPS,
+    RESULTS,
+    SCORES,
+    fmt,
+    git_state,
+    hide_labels,
+    load_dataset,
+    log,
+    machine,
+    md_table,
+    n_epochs,
+    prediction_scores,
+    run_harmony,
+    score,
+    train_scanvi,
+    train_scarkids,
+    train_scvi,
+    versions,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO.parent / "shared" / "data"
-DATASETS = {
-    "kang": "kang_ifnb_labeled.h5ad",
-    "pbmc": "pbmc_3chem_symphony.h5ad",
-    "cellbench": "cellbench_5batch.h5ad",
-    "panc8": "panc8_small_5tech.h5ad",
-}
 METHODS = "Unintegrated Harmony scVI scANVI scARKIDS-unsup scARKIDS-sup scARKIDS-sup+refine".split()
 #: run only when named in --methods: unsupervised with twice the true number of clusters
 EXTRA_METHODS = ["scARKIDS-unsup-2x"]
-N_HVG, N_PCS, N_LATENT = 2000, 30, 10
-HIDDEN_FRACTION, REFINE_STEPS = 0.2, 20
-SCANVI_EPOCHS, SCANVI_SAMPLES_PER_LABEL = 20, 100  # scvi-tools tutorial recommendation
-QUICK_EPOCHS = 20
-UNKNOWN = "Unknown"
-SCORES = ["Bio conservation", "Batch correction", "Total"]
-PACKAGES = ("scarkids", "torch", "scvi-tools", "scib-metrics", "harmonypy", "scanpy", "anndata")
 BAR_HEADER = (
     "dataset|unsup − scVI (Total)|unsup − Harmony (Total)|sup − scANVI (Total)|"
     "refine − sup (Total)|sup − scANVI (held-out accuracy)"
 ).split("|")
 
 
-def log(msg: str) -> None:
-    print(f"[{datetime.now():%H:%M:%S}] {msg}", flush=True)
-
-
-# ----------------------------------------------------------------------------- data
-def dataset_arguments(parser) -> None:
-    """``--dataset``, ``--threads`` and ``--seed``, as the single-dataset scripts take them."""
-    parser.add_argument("--dataset", default="kang", choices=sorted(DATASETS))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def open_dataset(args):
-    """The preprocessed dataset named by :func:`dataset_arguments` (torch's threads set),
-    or None, after saying why, where the shared data are absent."""
-    path = DATA_DIR / DATASETS[args.dataset]
-    if not path.exists():
-        print(f"{path} not found: the shared datasets are needed; nothing to do")
-        return None
-    import torch
-
-    torch.set_num_threads(args.threads)
-    return load_dataset(path, args.seed)
-
-
-def load_dataset(path: Path, seed: int):
-    """Counts rounded to integers in ``layers['counts']``, the 2000 HVGs (all genes when there
-    are fewer), log-CP10k in X and a 30-PC PCA in ``obsm['X_pca']``."""
-    import anndata as ad
-    import scanpy as sc
-    import scipy.sparse as sp
-
-    adata = ad.read_h5ad(path)
-    X = sp.csr_matrix(adata.X, dtype=np.float32)
-    X.data = np.round(X.data)  # panc8: celseq, celseq2 and fluidigmc1 are non-integer
-    X.eliminate_zeros()
-    adata = ad.AnnData(X=X, obs=adata.obs[["batch", "cell_type"]].copy(), var=adata.var[[]])
-    for col in ("batch", "cell_type"):
-        adata.obs[col] = adata.obs[col].astype(str).astype("category")
-    adata.layers["counts"] = adata.X.copy()
-    if adata.n_vars > N_HVG:
-        sc.pp.highly_variable_genes(
-            adata, flavor="seurat_v3", n_top_genes=N_HVG, batch_key="batch", layer="counts"
-        )
-        adata = adata[:, adata.var["highly_variable"].to_numpy()].copy()
-    sc.pp.normalize_total(adata, target_sum=1e4)
-    sc.pp.log1p(adata)
-    sc.pp.pca(adata, n_comps=N_PCS, mask_var=None, random_state=seed)
-    return adata
-
-
-# -------------------------------------------------------------------------- methods
-def run_harmony(adata, seed: int) -> np.ndarray:
-    import harmonypy
-
-    ho = harmonypy.run_harmony(
-        adata.obsm["X_pca"], adata.obs, "batch", random_state=seed, verbose=False, ncores=2
-    )
-    z = np.asarray(ho.Z_corr)
-    return z if z.shape[0] == adata.n_obs else z.T
-
-
-def train_scvi(adata, seed: int, quick: bool):
-    import scvi
-
-    scvi.settings.seed = seed
-    scvi.model.SCVI.setup_anndata(adata, layer="counts", batch_key="batch")
-    model = scvi.model.SCVI(adata)  # defaults: n_latent=10, ZINB, 1 layer of 128
-    model.train(max_epochs=QUICK_EPOCHS if quick else None, enable_progress_bar=False)
-    return model
-
-
-def train_scanvi(scvi_model, labels_key: str, seed: int, quick: bool):
-    import scvi
-
-    scvi.settings.seed = seed
-    model = scvi.model.SCANVI.from_scvi_model(
-        scvi_model, unlabeled_category=UNKNOWN, labels_key=labels_key
-    )
-    model.train(
-        max_epochs=min(SCANVI_EPOCHS, QUICK_EPOCHS) if quick else SCANVI_EPOCHS,
-        n_samples_per_label=SCANVI_SAMPLES_PER_LABEL,
-        enable_progress_bar=False,
-    )
-    return model
-
-
-def train_scarkids(adata, labels_key: str | None, n_labels: int, seed: int, quick: bool):
-    from scarkids import SCARKIDS
-
-    a = adata.copy()  # the setup lives in a.uns: one copy per model
-    SCARKIDS.setup_anndata(
-        a, batch_key="batch", labels_key=labels_key, layer="counts", unlabeled_category=UNKNOWN
-    )
-    model = SCARKIDS(a, n_latent=N_LATENT, n_labels=n_labels, seed=seed)
-    model.train(max_epochs=QUICK_EPOCHS if quick else None, seed=seed, progress_bar=False)
-    return model, a
-
-
-def n_epochs(history) -> int:
-    """Epochs actually run (early stopping may end a run before its maximum)."""
-    return max((len(v) for v in dict(history).values()), default=0)
-
-
-def prediction_scores(truth, pred) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score
-
-    truth, pred = np.asarray(truth, dtype=str), np.asarray(pred, dtype=str)
-    f1 = f1_score(truth, pred, labels=np.unique(truth), average="macro", zero_division=0)
-    return {"accuracy": float(accuracy_score(truth, pred)), "macro_f1": float(f1)}
-
-
-def score(adata, embeddings: dict[str, np.ndarray], seed: int) -> pd.DataFrame:
-    from scarkids import evaluate
-
-    ev = adata.copy()
-    for key, z in embeddings.items():
-        ev.obsm[key] = np.asarray(z, dtype=np.float32)
-    keys = list(embeddings)
-    return evaluate(ev, embedding_key=keys, labels_key="cell_type", seed=seed, n_jobs=2)
-
-
-def hide_labels(adata, seed: int) -> np.ndarray:
-    """Hide the labels of a seeded ``HIDDEN_FRACTION`` of the cells: ``obs['cell_type_masked']``
-    is ``cell_type`` with those cells set to ``UNKNOWN``; returns their boolean mask."""
-    n = adata.n_obs
-    hidden = np.zeros(n, dtype=bool)
-    hidden[np.random.default_rng(seed).choice(n, round(HIDDEN_FRACTION * n), replace=False)] = True
-    truth = adata.obs["cell_type"].astype(str).to_numpy()
-    adata.obs["cell_type_masked"] = pd.Categorical(np.where(hidden, UNKNOWN, truth))
-    return hidden
-
-
+# ------------------------------------------------------------------------ benchmark
 def benchmark_dataset(adata, methods: list[str], seed: int, quick: bool):
     """Returns (metrics table, held-out table, epochs run per model)."""
     times: dict[str, float] = {"Unintegrated": 0.0}  # the PCA is shared preprocessing
@@ -272,86 +147,6 @@ def benchmark_dataset(adata, methods: list[str], seed: int, quick: bool):
 
 
 # -------------------------------------------------------------------------- output
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "n/a"
-    return out
-
-
-def git_state() -> str:
-    """Commit of the repository, plus the package files that differ from it."""
-    import subprocess
-
-    def git(*cmd: str) -> str:
-        run = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True)
-        return run.stdout.strip() if run.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    # "XY path" lines; git() strips the output, so the first line may lose its leading space
-    status = git("status", "--porcelain", "-uno", "src").splitlines()
-    changed = [line.split(maxsplit=1)[1] for line in status]
-    return commit + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{n} CPU cores ({cpu}), torch threads 2, no GPU used"
-
-
-def part_parser(doc: str, datasets: str) -> argparse.ArgumentParser:
-    """The options of a benchmark that runs in parts: ``--datasets``, ``--seed``,
-    ``--threads`` and ``--table`` (only rebuild the table from the recorded runs)."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--datasets", default=datasets)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--table", action="store_true", help="only rebuild the table")
-    return parser
-
-
-def ready_to_run(args) -> bool:
-    """Whether to train: not with ``--table``, nor without the shared datasets (said so);
-    sets torch's CPU threads."""
-    if args.table:
-        return False
-    if not DATA_DIR.exists():
-        log(f"{DATA_DIR} not found: the shared datasets are needed; nothing to do")
-        return False
-    import torch
-
-    torch.set_num_threads(args.threads)
-    return True
-
-
-def read_runs(path: Path) -> list[dict]:
-    """The run records of a JSON-lines results file (none when it does not exist)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def record_run(path: Path, row: dict, key: tuple[str, ...]) -> None:
-    """Append ``row`` to the JSON-lines file ``path``; an earlier row with the same ``key``
-    fields is replaced (so a benchmark can be rerun in parts)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [r for r in read_runs(path) if tuple(r[k] for k in key) != tuple(row[k] for k in key)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, row]))
-
-
 def merge_tsv(path: Path, new: pd.DataFrame) -> None:
     """Write ``new``; earlier rows of other methods in ``path`` are kept (merge by method)."""
     if path.exists():
@@ -367,15 +162,6 @@ def merge_tsv(path: Path, new: pd.DataFrame) -> None:
     ]
     new.index.name = "Embedding"
     new.to_csv(path, sep="\t", float_format="%.6g")
-
-
-def fmt(v, digits: int = 3) -> str:
-    return "—" if pd.isna(v) else f"{v:.{digits}f}"
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def write_summary(out: Path) -> Path:
@@ -450,7 +236,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_EPOCHS} epochs (smoke test)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     args = p.parse_args(argv)
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]

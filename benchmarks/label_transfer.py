@@ -5,24 +5,23 @@
 cellbench: leave-one-batch-out over the batches whose cell types all occur in the reference
 (the reference is the other four batches). kang: reference = ctrl, query = stim.
 Both methods get the same HVGs (2000 seurat_v3 on the reference), the same reference cells
-with labels and the same query cells without labels. Reports accuracy and macro-F1 on the
-query cells and writes benchmarks/results/label_transfer.md.
+with labels and the same query cells without labels. scANVI is mapped at scvi-tools'
+documented scArches settings (``harness.scanvi_mapping``; ``--quick`` shortens its epochs).
+Reports accuracy and macro-F1 on the query cells and writes
+benchmarks/results/label_transfer.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scanpy as sc
 import torch
+from harness import DATA_DIR, RESULTS, data_or_skip, scanvi_mapping
 from sklearn.metrics import accuracy_score, f1_score
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def hvg_split(adata, is_query):
@@ -47,41 +46,20 @@ def run_scarkids(ref, query, epochs, seed):
 
 
 def run_scanvi(ref, query, epochs, seed):
-    import scvi
-
-    scvi.settings.seed = seed
-    ref = ref.copy()
-    scvi.model.SCVI.setup_anndata(ref, batch_key="batch", labels_key="cell_type")
-    vae = scvi.model.SCVI(ref)
-    vae.train(max_epochs=epochs, enable_progress_bar=False)
-    lvae = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="Unknown")
-    lvae.train(
-        max_epochs=20 if epochs is None else max(epochs // 10, 2),
-        n_samples_per_label=100,
-        enable_progress_bar=False,
-    )
-    q = query.copy()
-    q.obs["cell_type"] = "Unknown"
-    scvi.model.SCANVI.prepare_query_anndata(q, lvae)
-    qm = scvi.model.SCANVI.load_query_data(q, lvae)
-    qm.train(
-        max_epochs=100 if epochs is None else max(epochs // 4, 5),
-        plan_kwargs={"weight_decay": 0.0},
-        enable_progress_bar=False,
-    )
-    return qm.predict(q)
+    soft, _ = scanvi_mapping(ref, query, seed=seed, epochs=epochs)
+    return soft.idxmax(axis=1).to_numpy()
 
 
 def splits(name):
     if name == "cellbench":
-        adata = sc.read_h5ad(DATA / "cellbench_5batch.h5ad")
+        adata = sc.read_h5ad(DATA_DIR / "cellbench_5batch.h5ad")
         for held in adata.obs["batch"].cat.categories:
             is_query = (adata.obs["batch"] == held).to_numpy()
             ref_types = set(adata.obs["cell_type"][~is_query])
             if set(adata.obs["cell_type"][is_query]) <= ref_types:
                 yield f"cellbench: {held}", adata, is_query
     elif name == "kang":
-        adata = sc.read_h5ad(DATA / "kang_ifnb_labeled.h5ad")
+        adata = sc.read_h5ad(DATA_DIR / "kang_ifnb_labeled.h5ad")
         yield "kang: ctrl -> stim", adata, (adata.obs["batch"] == "stim").to_numpy()
 
 
@@ -94,8 +72,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = p.parse_args()
-    if not DATA.exists():
-        print(f"{DATA} not found: the shared datasets are needed; nothing to do")
+    if not data_or_skip():
         return
     torch.set_num_threads(args.threads)
     epochs = 10 if args.quick else None

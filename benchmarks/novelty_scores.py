@@ -39,14 +39,11 @@ unsupervised query session), prints and writes (``benchmarks/results/novelty_sco
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import uncertainty  # noqa: E402
+import uncertainty
 
 OUT = Path(__file__).resolve().parent / "results" / "novelty_scores.md"
 N_FIT_DRAWS = 4

@@ -32,19 +32,17 @@ with plain ``diffusion``.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from integration import (  # noqa: E402
+from harness import (
     DATA_DIR,
     DATASETS,
     HIDDEN_FRACTION,
     N_LATENT,
+    RESULTS,
     UNKNOWN,
     git_state,
     load_dataset,
@@ -59,8 +57,7 @@ ALL = {**DATASETS, "kang_all": "kang_ifnb_all.h5ad"}
 UNLABELLED = "unlabeled"  # kang_all's cells without an author label
 PRIORS = ("diffusion", "gaussian", "mixture")
 MODES = ("sup", "unsup")
-OUT = Path(__file__).resolve().parent / "results"
-RUNS = OUT / "prior_ablation" / "runs.jsonl"
+RUNS = RESULTS / "prior_ablation" / "runs.jsonl"
 KEY = ("dataset", "mode", "prior", "seed")
 
 
@@ -189,7 +186,7 @@ def write_table() -> Path:
                 delta = _cell(d) + (f" (vs {base})" if base != "diffusion" else "")
             cells = " | ".join(_cell(h[c]) for c in cols)
             lines.append(f"| {ds} | {mode} | {prior} | {len(h)} | {cells} | {delta} |")
-    out = OUT / "prior_ablation.md"
+    out = RESULTS / "prior_ablation.md"
     out.write_text("\n".join(lines) + "\n")
     return out
 

@@ -16,14 +16,11 @@ refinement. Writes benchmarks/results/refine_steps_<dataset>.md.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from integration import (  # noqa: E402
+from harness import (
+    RESULTS,
     SCORES,
     dataset_arguments,
     git_state,
@@ -32,8 +29,6 @@ from integration import (  # noqa: E402
     score,
     train_scarkids,
 )
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:

@@ -35,8 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from harness import RESULTS, git_state
 
 
 def peak_rss_gib() -> float:
@@ -312,8 +311,6 @@ def main() -> None:
                 ok = [r for r in tries if "error" not in r] or tries
                 rows.append(max(ok, key=lambda r: r.get("train_cells_per_s", 0)))
                 print(json.dumps(rows[-1]), flush=True)
-    from integration import git_state  # the same code stamp as the integration benchmark
-
     text = table(rows, gpu=args.device != "cpu")
     header = (
         f"Command: `python benchmarks/speed.py --sizes {args.sizes} --epochs {args.epochs} "

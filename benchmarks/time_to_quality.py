@@ -14,16 +14,10 @@ Writes benchmarks/results/time_to_quality_<dataset>.md.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from integration import N_LATENT, dataset_arguments, open_dataset, score  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from harness import N_LATENT, RESULTS, dataset_arguments, open_dataset, score
 
 
 def main() -> None:
