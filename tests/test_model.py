@@ -269,6 +269,7 @@ def test_corrected_expression_and_predictions(supervised_model):
         "entropy",
         "novelty",
         "unknown",
+        "unknown_reason",
     ]
     assert (table["probability"] <= 1).all() and (table["entropy"] >= 0).all()
     # about 1% of the known cells are above the validation cells' 99th novelty percentile

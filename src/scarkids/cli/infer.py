@@ -130,6 +130,7 @@ def _compute(cfg, run: _Run, timer: _Timer) -> dict[str, Any]:
         novelty_quantile=inf["novelty_quantile"],
         latent=latent,
         max_clusters=inf["max_clusters"],
+        warn_share=inf["unknown_warning_share"],
     )
     if (
         inf["novelty_quantile"] is not None
@@ -151,7 +152,15 @@ def _write_outputs(cfg, run: _Run, outputs: dict, timer: _Timer) -> list[Path]:
         written.append(_write_npy(out_dir / LATENT_FILE, embedding.astype(np.float32)))
     if inf["save_cell_type_predictions"]:
         table = predictions[
-            ["predicted_label", "probability", "entropy", "top_label", "novelty", "unknown"]
+            [
+                "predicted_label",
+                "probability",
+                "entropy",
+                "top_label",
+                "novelty",
+                "unknown",
+                "unknown_reason",
+            ]
         ]
         table = table.rename_axis("cell_id").reset_index()
         written.append(

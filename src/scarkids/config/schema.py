@@ -216,14 +216,31 @@ SCHEMA: dict[str, dict[str, Key]] = {
             help="reverse steps of the refinement (strided sampler); null = n_refinement_steps",
         ),
         "default_target_batch": Key("int_or_str", 0, ge=0, help="batch index or name"),
-        "confidence_threshold": Key("float", 0.5, ge=0, le=1),
+        "confidence_threshold": Key(
+            "float",
+            0.5,
+            ge=0,
+            le=1,
+            optional=True,
+            help="cells below this calibrated probability are unknown too, in batches whose "
+            "codes sit near the reference's; null = off",
+        ),
         "novelty_quantile": Key(
             "float",
             0.99,
             gt=0,
             lt=1,
             optional=True,
-            help="cells above this quantile of the validation cells' novelty are unknown",
+            help="cells above this quantile of the reference cells' novelty, raised by their "
+            "batch's shift, are unknown",
+        ),
+        "unknown_warning_share": Key(
+            "float",
+            0.2,
+            ge=0,
+            le=1,
+            optional=True,
+            help="warn about a batch with more than this share of unknown cells; null = never",
         ),
         "max_clusters": Key(
             "int",

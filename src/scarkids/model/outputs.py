@@ -6,6 +6,7 @@ it uses the model's ``module``, ``registry``, ``device``, ``adata`` and ``_chunk
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -15,6 +16,9 @@ import torch
 
 from scarkids.constants import LABEL_OFFSET
 from scarkids.errors import InputDataError
+from scarkids.model.uncertainty import UNKNOWN_WARN_SHARE, unknown_summary
+
+logger = logging.getLogger(__name__)
 
 #: cells per chunk of the sparse CPU encoder (larger chunks fall out of the caches)
 CSR_CHUNK = 1024
@@ -400,19 +404,36 @@ class ModelOutputs:
         self,
         adata=None,
         *,
-        confidence_threshold: float = 0.5,
+        confidence_threshold: float | None = 0.5,
         novelty_quantile: float | None = 0.99,
         unknown_label: str = "unknown",
         latent: np.ndarray | None = None,
         max_clusters: int | None = None,
+        warn_share: float | None = UNKNOWN_WARN_SHARE,
     ) -> pd.DataFrame:
         """Per cell: the label, its calibrated probability, the prior's novelty, and whether
         the cell is ``unknown`` (improbable under every cell type, or not confidently any).
 
-        A cell is ``unknown`` when its novelty (:meth:`novelty`) exceeds the
-        ``novelty_quantile`` of the validation cells' (:meth:`novelty_threshold`; about 1%
-        of known cells at 0.99) or its top probability is below ``confidence_threshold``.
-        The probabilities are temperature-scaled (:attr:`temperature`).
+        Each batch is held to what is known to hold for it:
+
+        - **novelty**: a cell is ``unknown`` when its novelty (:meth:`novelty`) exceeds its
+          batch's threshold (:meth:`novelty_threshold`): the ``novelty_quantile`` of the
+          reference cells' novelty (about 1% of known cells at 0.99), raised by the
+          batch's shift (:meth:`batch_shift`), so that a query whose every cell carries its
+          batch effect is not called new wholesale. A batch that no session has calibrated
+          gets no novelty call.
+        - **probability**: a cell is ``unknown`` when its top probability is below
+          ``confidence_threshold``, in batches whose codes sit within
+          :data:`~scarkids.model.uncertainty.ALIGNED_SHIFT` of the reference's (where the
+          temperature fitted on the reference holds). On a query far off the reference
+          (kang stim through a reference that does not encode the batch: 9% of cells below
+          0.5, 41% of them right) the rule would mostly hide right answers, so it is off
+          there and the log says so.
+
+        ``top_label`` is the prediction whatever the call; the log counts the ``unknown``
+        cells by rule and warns about each batch that is mostly ``unknown``
+        (:func:`~scarkids.model.uncertainty.unknown_summary`). The probabilities are
+        temperature-scaled (:attr:`temperature`).
 
         Parameters
         ----------
@@ -422,11 +443,12 @@ class ModelOutputs:
             model's by name and its batches must be known to the model. ``None`` uses the
             AnnData the model was created or loaded with.
         confidence_threshold
-            Smallest top probability of a cell that is not ``unknown``.
+            Smallest top probability of a cell that is not ``unknown`` (in the batches
+            where the rule applies, see above); ``None`` leaves the probability out.
         novelty_quantile
-            Quantile of the validation cells' novelty above which a cell is ``unknown``,
-            strictly between 0 and 1; ``None`` (or a model without validation novelty)
-            leaves the novelty out of the decision.
+            Quantile of the reference cells' novelty (before the batch's shift) above which
+            a cell is ``unknown``, strictly between 0 and 1; ``None`` (or a model without
+            reference novelty) leaves the novelty out of the call.
         unknown_label
             ``predicted_label`` of the ``unknown`` cells.
         latent
@@ -436,17 +458,27 @@ class ModelOutputs:
             Unsupervised models only: labels are the model's clusters merged further into
             at most this many groups, as in :meth:`predict`; probability and entropy are the
             groups'. The novelty does not depend on it.
+        warn_share
+            Log a warning for each batch with more than this share of its cells ``unknown``
+            (:func:`~scarkids.model.uncertainty.unknown_summary`); ``None``: no warning.
 
         Returns
         -------
         pandas.DataFrame
             Indexed by ``adata.obs_names``, with columns ``predicted_label``, ``top_label``,
             ``probability`` (of the top label), ``entropy`` (of ``q(c | z0)``, nats),
-            ``novelty`` (nats) and ``unknown`` (bool).
+            ``novelty`` (nats), ``unknown`` (bool) and ``unknown_reason`` (``"novelty"``,
+            ``"low probability"``, both joined by ``" and "``, or ``""``).
         """
         self._check_max_clusters(max_clusters, "predict_with_uncertainty")
-        threshold = self.novelty_threshold(novelty_quantile)
+        if confidence_threshold is not None and not 0 <= confidence_threshold <= 1:
+            raise InputDataError(
+                f"confidence_threshold must be between 0 and 1 or None, got {confidence_threshold!r}"
+            )
         adata_ = self.adata if adata is None else adata
+        thresholds, probability_rule = self._batch_rules(
+            adata_, novelty_quantile, confidence_threshold
+        )
         if latent is None:
             latent = self.get_latent_representation(adata_)
         probs, names = self._merged(self._label_probs(latent=latent), max_clusters)
@@ -454,10 +486,16 @@ class ModelOutputs:
         p = probs[np.arange(len(top)), top]
         entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(1)
         novelty = self.novelty(latent=latent)  # the draws the threshold was set with
-        unknown = p < confidence_threshold
-        if threshold is not None:
-            unknown |= novelty > threshold
-        return pd.DataFrame(
+        novel = novelty > thresholds
+        improbable = np.zeros_like(novel)
+        if confidence_threshold is not None:
+            improbable = probability_rule & (p < confidence_threshold)
+        unknown = novel | improbable
+        reason = np.where(novel, "novelty", "")
+        reason = np.where(
+            improbable, np.char.add(np.where(novel, "novelty and ", ""), "low probability"), reason
+        )
+        table = pd.DataFrame(
             {
                 "predicted_label": np.where(unknown, unknown_label, names[top]),
                 "top_label": names[top],
@@ -465,9 +503,15 @@ class ModelOutputs:
                 "entropy": entropy,
                 "novelty": novelty,
                 "unknown": unknown,
+                "unknown_reason": reason.astype(object),
             },
             index=adata_.obs_names,
         )
+        if warn_share is not None:
+            batch = self._encode(adata_, counts=False)[1]
+            batches = np.asarray(self.registry.batch_categories, dtype=object)[batch]
+            unknown_summary(table, batches, warn_share=warn_share)
+        return table
 
     @torch.no_grad()
     def refine_latent(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -32,6 +33,13 @@ logger = logging.getLogger(__name__)
 
 #: validation cells whose novelty is kept (a random subset beyond this many)
 MAX_REFERENCE_CELLS = 20_000
+#: ``calibration`` key: batch name -> [10th percentile, median] of its cells' novelty (nats)
+BATCH_NOVELTY_KEY = "batch_novelty_q10"
+#: largest :meth:`ModelUncertainty.batch_shift` at which a batch keeps the reference's
+#: calibration (the low-probability rule); past it the batch's codes sit off the reference's
+ALIGNED_SHIFT = 1.0
+#: share of a batch's cells called ``unknown`` above which a warning is logged
+UNKNOWN_WARN_SHARE = 0.2
 DEFAULT_DRAWS = 32
 
 
@@ -81,6 +89,62 @@ def check_quantile(value, where: str = "novelty_quantile") -> float | None:
             f"{where} must be a number strictly between 0 and 1 (e.g. 0.99), got {value!r}"
         )
     return float(value)
+
+
+def unknown_summary(
+    predictions: pd.DataFrame, batches: np.ndarray, *, warn_share: float | None = UNKNOWN_WARN_SHARE
+) -> pd.DataFrame:
+    """How many cells were called ``unknown`` and why, per batch; logs one line in all, and a
+    warning for each batch with more than ``warn_share`` of its cells ``unknown``.
+
+    Parameters
+    ----------
+    predictions
+        The table of :meth:`SCARKIDS.predict_with_uncertainty` (``unknown`` and
+        ``unknown_reason`` columns), ``(n_cells, ...)``.
+    batches
+        ``(n_cells,)`` batch name of each cell.
+    warn_share
+        Share (0 to 1) of a batch's cells above which it is warned about; ``None``: never.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per batch: ``cells``, ``unknown``, ``novelty``, ``low probability`` (counts;
+        a cell flagged by both rules counts in both) and ``share`` (unknown / cells).
+    """
+    reason = predictions["unknown_reason"].astype(str).to_numpy()
+    frame = pd.DataFrame(
+        {
+            "batch": np.asarray(batches).astype(str),
+            "cells": 1,
+            "unknown": predictions["unknown"].to_numpy(dtype=bool).astype(int),
+            "novelty": np.char.find(reason.astype(str), "novelty") >= 0,
+            "low probability": np.char.find(reason.astype(str), "low probability") >= 0,
+        }
+    )
+    table = frame.groupby("batch", sort=False).sum().astype(int)
+    table["share"] = table["unknown"] / table["cells"]
+    logger.info(
+        "Called unknown: %d of %d cells (novelty above the batch's threshold: %d, "
+        "probability below confidence_threshold: %d)",
+        int(table["unknown"].sum()),
+        int(table["cells"].sum()),
+        int(table["novelty"].sum()),
+        int(table["low probability"].sum()),
+    )
+    if warn_share is not None:
+        for name, row in table[table["share"] > warn_share].iterrows():
+            logger.warning(
+                "%.0f%% of batch %r is unknown (%d by novelty, %d by low probability): if its "
+                "cells are of the reference's types, read top_label, or recalibrate with a "
+                "session on this batch (novelty) or lower confidence_threshold",
+                100 * row["share"],
+                name,
+                row["novelty"],
+                row["low probability"],
+            )
+    return table
 
 
 class ModelUncertainty:
@@ -195,27 +259,126 @@ class ModelUncertainty:
             out[start : start + zt.shape[0]] = self._novelty_of(zt, draws).cpu().numpy()
         return out
 
-    def novelty_threshold(self, quantile: float | None = 0.99) -> float | None:
-        """The novelty above which a cell is flagged: this quantile of the validation cells'.
+    def batch_shift(self, batch: str) -> float | None:
+        """How far a batch's codes sit from the reference's, seen through the novelty.
+
+        ``(q10_b - q10_ref) / (median_ref - q10_ref)``: the shift of the batch's 10th
+        percentile of novelty against the reference cells', in units of the reference's
+        lower half-spread. The lower tail is that of the batch's known cells even when it
+        holds new cell types (they score high, or mix in): a query that maps well onto the
+        reference scores near 0 (kang stim with ``encode_batch=True`` and a query session:
+        0.1-0.4), one whose every cell carries its batch effect far more (kang stim through
+        a reference that does not encode the batch: 2.3).
 
         Parameters
         ----------
-        quantile
-            Share of known (validation) cells below the threshold, strictly between 0 and
-            1; ``None`` disables the novelty rule.
+        batch
+            Batch name.
 
         Returns
         -------
         float or None
-            The threshold (nats), or ``None`` when ``quantile`` is ``None`` or the model has
-            no validation novelty (saved before it was recorded, or trained without
-            validation cells).
+            The shift, or ``None`` where the model has no reference novelty or no session has
+            calibrated the batch (older checkpoints: 0 for every batch).
+        """
+        ref = self.calibration.get("validation_novelty")
+        if not ref:
+            return None
+        stats = self.calibration.get(BATCH_NOVELTY_KEY)
+        if stats is None:  # saved before batches were calibrated: one rule for all
+            return 0.0
+        if batch not in stats:
+            return None
+        q10, q50 = np.quantile(np.asarray(ref, dtype=np.float64), [0.1, 0.5])
+        return float((stats[batch][0] - q10) / max(q50 - q10, 1e-6))
+
+    def novelty_threshold(
+        self, quantile: float | None = 0.99, batch: str | None = None
+    ) -> float | None:
+        """The novelty above which a cell is flagged.
+
+        Without ``batch``: this quantile of the reference cells' novelty (up to
+        :data:`MAX_REFERENCE_CELLS` cells of the last session in which the encoder and the
+        prior trained). With ``batch``: for a batch whose :meth:`batch_shift` is at most
+        :data:`ALIGNED_SHIFT` (its codes sit on the reference's), that threshold raised by
+        the shift of the batch's 10th percentile (in nats; never lowered). A batch beyond it
+        (every cell carries its batch effect, as a query through a reference that does not
+        encode the batch) has no threshold: the reference's does not describe its known
+        cells (on simulated data their flagged share then ranged 0-25% by seed, whatever
+        the shift or rescaling tried), so the call stays off there.
+
+        Parameters
+        ----------
+        quantile
+            Share of known (reference) cells below the threshold, strictly between 0 and 1;
+            ``None`` disables the novelty rule.
+        batch
+            Batch name, or ``None`` for the reference threshold.
+
+        Returns
+        -------
+        float or None
+            The threshold (nats), or ``None`` when ``quantile`` is ``None``, the model has
+            no reference novelty (saved before it was recorded, or trained without
+            validation cells), or ``batch`` was never calibrated (no session trained on
+            its cells since the reference) or sits off the reference.
         """
         quantile = check_quantile(quantile)
         ref = self.calibration.get("validation_novelty")
         if quantile is None or not ref:
             return None
-        return float(np.quantile(np.asarray(ref, dtype=np.float64), quantile))
+        ref = np.asarray(ref, dtype=np.float64)
+        threshold = float(np.quantile(ref, quantile))
+        if batch is None:
+            return threshold
+        shift = self.batch_shift(batch)
+        if shift is None or shift > ALIGNED_SHIFT:
+            return None
+        q10, q50 = np.quantile(ref, [0.1, 0.5])
+        return threshold + max(0.0, shift) * float(max(q50 - q10, 1e-6))
+
+    def _batch_rules(
+        self, adata, quantile: float | None, confidence_threshold: float | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per cell of ``adata``: its batch's novelty threshold (``inf`` where that rule is
+        off) and whether the low-probability rule applies (``confidence_threshold`` set and
+        the batch within :data:`ALIGNED_SHIFT` of the reference, or a model without
+        reference novelty); says in the log which batches had the calls switched off, and
+        why."""
+        n = self._n_obs(adata)
+        has_reference = bool(self.calibration.get("validation_novelty"))
+        if not has_reference:  # nothing to check batches against: the probability alone
+            return np.full(n, np.inf), np.full(n, confidence_threshold is not None)
+        _, batch, _ = self._encode(self.adata if adata is None else adata, counts=False)
+        names = self.registry.batch_categories
+        thresholds = np.full(len(names), np.inf)
+        probability = np.zeros(len(names), dtype=bool)
+        for code in np.unique(batch):
+            name, shift = names[code], self.batch_shift(names[code])
+            t = self.novelty_threshold(quantile, batch=name)
+            if t is not None:
+                thresholds[code] = t
+            probability[code] = (
+                confidence_threshold is not None and shift is not None and shift <= ALIGNED_SHIFT
+            )
+            if shift is None:
+                logger.info(
+                    "Batch %r: no session trained on its cells since the reference, so the "
+                    "reference's thresholds are not known to hold for it: its cells are not "
+                    "called unknown; top_label is the prediction",
+                    name,
+                )
+            elif shift > ALIGNED_SHIFT:
+                logger.info(
+                    "Batch %r sits off the reference's codes (novelty shift %.2f; up to %.1f "
+                    "keeps the reference's calibration), so the reference's thresholds are not "
+                    "known to hold for it: its cells are not called unknown; top_label is the "
+                    "prediction and the novelty column still ranks them",
+                    name,
+                    shift,
+                    ALIGNED_SHIFT,
+                )
+        return thresholds[batch], probability[batch]
 
     def _calibrate(self, data, *, fit_reference: bool, seed: int) -> None:
         """After training: the temperature (with labels) and the validation novelty (when
@@ -258,10 +421,36 @@ class ModelUncertainty:
                     self.temperature,
                     int(known.sum()),
                 )
+        self._calibrate_novelty(data, fit_reference=fit_reference, seed=seed)
+
+    @torch.no_grad()
+    def _calibrate_novelty(self, data, *, fit_reference: bool, seed: int) -> None:
+        """The reference cells' novelty (a session that trained the encoder and prior) and
+        each batch's 10th percentile and median of novelty (every session: a frozen query session adds
+        its batches'), from up to :data:`MAX_REFERENCE_CELLS` of the session's cells, training
+        and validation alike: the validation cells alone are too few for a 99th
+        percentile on small data (cellbench: 57 cells, whose 99th percentile was 3.3 nats
+        below that of all 1,021 reference cells)."""
+        n = data.batch.shape[0]
+        rng = np.random.default_rng(seed)
+        keep = np.arange(n)
+        if n > MAX_REFERENCE_CELLS:
+            keep = np.sort(rng.choice(n, MAX_REFERENCE_CELLS, replace=False))
+        keep_t = torch.as_tensor(keep, device=data.batch.device)
+        zs = []
+        for start in range(0, keep.size, 4096):
+            idx = keep_t[start : start + 4096]
+            x, _ = data.X.rows_and_nonzeros(idx)
+            zs.append(self.module.inference(x, data.batch[idx], sample=False)["z"].cpu())
+        scores = self.novelty(latent=torch.cat(zs).numpy())
+        batch = data.batch[keep_t].cpu().numpy()
+        names = self.registry.batch_categories
+        stats = {
+            names[b]: [float(v) for v in np.quantile(scores[batch == b], [0.1, 0.5])]
+            for b in np.unique(batch)
+        }
         if fit_reference:
-            rng = np.random.default_rng(seed)
-            keep = np.arange(z.shape[0])
-            if keep.size > MAX_REFERENCE_CELLS:
-                keep = np.sort(rng.choice(keep, MAX_REFERENCE_CELLS, replace=False))
-            scores = self.novelty(latent=z[keep].cpu().numpy())
             self.calibration["validation_novelty"] = np.sort(scores).astype(float).tolist()
+            self.calibration[BATCH_NOVELTY_KEY] = stats
+        elif self.calibration.get("validation_novelty"):
+            self.calibration.setdefault(BATCH_NOVELTY_KEY, {}).update(stats)
