@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub, parents)
     _add_simulate(sub, parents)
     _add_evaluate(sub, parents)
+    _add_de(sub, parents)
     return parser
 
 
@@ -247,6 +248,39 @@ def _add_generate(sub, parents: dict) -> None:
         "--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="default: auto"
     )
     p.set_defaults(run=_cmd_generate)
+
+
+def _add_de(sub, parents: dict) -> None:
+    p = sub.add_parser(
+        "de",
+        parents=[parents["debug"]],
+        help="differential expression between groups of cells from a trained model (.csv)",
+        description="Posterior differential expression (SCARKIDS.differential_expression, "
+        "lvm-DE as in scvi-tools): each group of --groupby against the rest, --group1 "
+        "against the rest, or --group1 against --group2.",
+    )
+    p.add_argument("--checkpoint", required=True, help="a trained model's checkpoint (.pt)")
+    p.add_argument("--data_path", "--data-path", required=True, help="the cells (.h5ad)")
+    p.add_argument("--groupby", required=True, help="obs column that defines the groups")
+    p.add_argument("--group1", help="the group to test (default: every group in turn)")
+    p.add_argument("--group2", help="the group to compare with (default: the rest)")
+    p.add_argument("--output", required=True, help="the .csv file to write")
+    p.add_argument("--mode", choices=("change", "vanilla"), default="change")
+    p.add_argument("--delta", type=float, default=0.25, help="|LFC| threshold (mode change)")
+    p.add_argument("--fdr_target", "--fdr-target", type=float, default=0.05)
+    p.add_argument("--n_samples", "--n-samples", type=int, default=5000)
+    p.add_argument(
+        "--no_batch_correction",
+        "--no-batch-correction",
+        action="store_true",
+        help="decode each cell in its own batch instead of averaging over the batches",
+    )
+    p.add_argument("--layer", help="layer with the raw counts (default: X)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="default: auto"
+    )
+    p.set_defaults(run=_cmd_de)
 
 
 def _add_demo(sub, parents: dict) -> None:
@@ -464,6 +498,52 @@ def _cmd_generate(args) -> int:
     kinds = cells.obs.groupby(list(cells.obs.columns[:2]), observed=True).ngroups
     print(
         f"Wrote {out}: {cells.n_obs} generated cells x {cells.n_vars} genes ({kinds} type x batch)"
+    )
+    return 0
+
+
+def _cmd_de(args) -> int:
+    from pathlib import Path
+
+    from scarkids.cli.common import check_writable_dir
+    from scarkids.cli.infer import _read_query
+    from scarkids.data.files import write_atomic
+    from scarkids.model.base import SCARKIDS
+
+    out = Path(args.output)
+    check_writable_dir(out.parent, "the folder of --output")
+    if out.is_dir():
+        raise InputDataError(f"--output {out} is a folder; give the .csv file to write")
+    model = SCARKIDS.load(args.checkpoint, device=args.device)
+    data = {
+        "batch_key": model.registry.batch_key,
+        "counts_layer": args.layer,
+        "zero_count_cells": "drop",
+        "unlabeled_category": model.registry.unlabeled_category,
+    }
+    adata = _read_query({"data": data}, model, args.data_path)
+    if args.groupby not in adata.obs:
+        raise InputDataError(
+            f"--groupby {args.groupby!r} is not a column of obs in {args.data_path}; columns: "
+            f"{', '.join(map(str, list(adata.obs.columns)[:12]))}"
+        )
+    table = model.differential_expression(
+        adata,
+        groupby=args.groupby,
+        group1=args.group1,
+        group2=args.group2,
+        mode=args.mode,
+        delta=args.delta,
+        batch_correction=not args.no_batch_correction,
+        fdr_target=args.fdr_target,
+        n_samples=args.n_samples,
+        seed=args.seed,
+    )
+    write_atomic(out, lambda tmp: table.to_csv(tmp))
+    called = table.filter(like="is_de_fdr_").iloc[:, 0]
+    print(
+        f"Wrote {out}: {table['comparison'].nunique()} comparison(s) x {len(model.registry.gene_names)} genes; "
+        f"{int(called.sum())} gene calls at FDR {args.fdr_target}"
     )
     return 0
 

@@ -104,7 +104,9 @@ def simulate(
         CSR float32 counts in ``X`` (cells x genes), categorical ``obs['batch']``
         (``batch_0`` ...) and ``obs['cell_type']`` (``type_0`` ...), and
         ``obs['library_size']`` (the total counts of each cell); genes are named
-        ``gene_<i>`` and cells ``cell_<i>``.
+        ``gene_<i>`` and cells ``cell_<i>``. The truth of the design: ``varm['cell_type_lfc']``
+        (genes x types) and ``varm['batch_lfc']`` (genes x batches), each programme's
+        natural-log fold change of every gene (0 where a type leaves a gene alone).
     """
     plan = _Plan(
         n_cells, n_genes, n_batches, n_cell_types, de_fraction, de_scale, batch_effect,
@@ -116,7 +118,11 @@ def simulate(
     counts = sp.vstack(chunks).tocsr() if len(chunks) > 1 else chunks[0]
     obs = plan.obs()
     obs["library_size"] = np.asarray(counts.sum(1)).ravel()
-    return ad.AnnData(X=counts, obs=obs, var=plan.var())
+    out = ad.AnnData(X=counts, obs=obs, var=plan.var())
+    # the truth: each type's and batch's log-fold change of every gene (natural log)
+    out.varm["cell_type_lfc"] = plan.programmes.T.astype(np.float32)
+    out.varm["batch_lfc"] = plan.batch_factors.T.astype(np.float32)
+    return out
 
 
 def _slices(n: int, size: int) -> list[slice]:

@@ -24,6 +24,7 @@ from scarkids.data.registry import (
 )
 from scarkids.data.store import DeviceMatrix
 from scarkids.errors import InputDataError
+from scarkids.model.de import ModelDifferentialExpression
 from scarkids.model.generation import ModelGeneration, library_fit
 from scarkids.model.outputs import ModelOutputs
 from scarkids.model.persistence import ModelPersistence
@@ -147,7 +148,14 @@ def _batch_and_rate(
 _TRAIN = TrainingSettings()
 
 
-class SCARKIDS(ModelOutputs, ModelUncertainty, ModelGeneration, ReferenceMapping, ModelPersistence):
+class SCARKIDS(
+    ModelOutputs,
+    ModelUncertainty,
+    ModelGeneration,
+    ModelDifferentialExpression,
+    ReferenceMapping,
+    ModelPersistence,
+):
     """scARKIDS: a VAE with a cell-type-conditioned latent diffusion prior.
 
     Parameters
