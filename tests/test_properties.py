@@ -1,9 +1,11 @@
 """Property-based tests: random small count matrices and obs tables either train and embed
-(a finite latent of the right shape) or stop with a documented one-line ScarkidsError."""
+(a finite latent of the right shape) or stop with the documented one-line ScarkidsError of an
+input defect that the drawn data really has; data without any of those defects must train."""
 
 from __future__ import annotations
 
 import copy
+import re
 import tempfile
 from pathlib import Path
 
@@ -92,10 +94,68 @@ def assert_documented(error: ScarkidsError) -> None:
     assert message and "\n" not in message, repr(message)
 
 
+#: the unlabelled marker: SCARKIDS.setup_anndata's and data.unlabeled_category's default
+UNLABELLED = "Unknown"
+#: clusters of an unsupervised CLI run when global.n_cell_types is unset (as in BASE)
+CLI_CLUSTERS = 10
+
+
+def training_defects(adata, supervised: bool, *, cli: bool = False) -> dict[str, str]:
+    """The input defects of the drawn data that stop training, each with the pattern of the
+    one-line error it raises (a message must match the pattern of a defect that is present).
+
+    Computed from the data as drawn: labels missing (NaN) or equal to the unlabelled marker
+    are unlabelled, and cells whose counts are all zero are dropped before the model sees
+    them. ``cli``: also the checks of the ``train`` command (``_check_cluster_count``).
+    """
+    kept = np.asarray(adata.X).sum(axis=1) > 0
+    labels = adata.obs["cell_type"].astype(object)
+    labelled = labels.notna().to_numpy() & (labels != UNLABELLED).to_numpy()
+    found = {}
+    if adata.n_obs == 0:  # get_counts (API), read_h5ad (CLI)
+        found["no cells"] = r"is empty \(0 cells x \d+ genes"
+    if supervised and not labels.notna().any():  # check_columns (no cells: vacuously)
+        found["no label in any cell"] = r"obs\['cell_type'\] has no labels \(all NaN\)"
+    if adata.n_obs and not kept.any():  # zero_count_cells
+        found["every cell has zero counts"] = r"every cell has zero counts in the genes used"
+    if supervised and not (labelled & kept).any():  # SCARKIDS(...), train()
+        found["no labelled cell among those kept"] = (
+            r"obs\['cell_type'\] has no labelled cells; pass labels_key=None"
+            r"|supervised training needs labelled cells, but none are labelled"
+        )
+    if cli and not supervised and kept.sum() < CLI_CLUSTERS:  # _check_cluster_count
+        found["fewer cells than clusters"] = (
+            rf": {int(kept.sum())} cells, fewer than the {CLI_CLUSTERS} clusters of "
+            "unsupervised training"
+        )
+    return found
+
+
+def inference_defects(adata) -> dict[str, str]:
+    """Defects that stop ``infer`` on the train file once training succeeded: a batch all
+    of whose cells have zero counts was dropped with them, so the model does not know it,
+    while inference keeps every cell of the file."""
+    kept = np.asarray(adata.X).sum(axis=1) > 0
+    batches = adata.obs["batch"].astype(str).to_numpy()
+    if set(batches[~kept]) - set(batches[kept]):
+        return {"a batch with zero counts only": r"obs\['batch'\] has categories unknown"}
+    return {}
+
+
+def assert_explained(message: str, defects: dict[str, str]) -> None:
+    """``message`` is the error of one of ``defects``, the defects the input really has."""
+    assert defects, f"error on data without a known defect: {message!r}"
+    matched = sorted(name for name, pattern in defects.items() if re.search(pattern, message))
+    assert matched, f"{message!r} is not the error of any defect of the data: {sorted(defects)}"
+    event(f"error for: {', '.join(matched)}")
+
+
 @SETTINGS
 @given(adata=datasets(), supervised=st.booleans())
 def test_python_api_trains_or_raises_a_documented_error(adata, supervised):
     labels_key = "cell_type" if supervised else None
+    defects = training_defects(adata, supervised)
+    n_kept = int((np.asarray(adata.X).sum(axis=1) > 0).sum())
     try:
         check_columns(adata, "data", batch_key="batch", labels_key=labels_key)
         adata = zero_count_cells(adata, "data", layer=None, mode="drop")
@@ -105,10 +165,11 @@ def test_python_api_trains_or_raises_a_documented_error(adata, supervised):
         z = model.get_latent_representation(adata)
     except ScarkidsError as e:
         assert_documented(e)
-        event(f"error: {str(e)[:40]}")
+        assert_explained(str(e), defects)
         return
+    assert not defects, f"trained despite {sorted(defects)}"
     event("trained")
-    assert z.shape == (adata.n_obs, 2)
+    assert z.shape == (n_kept, 2)
     assert np.isfinite(z).all()
 
 
@@ -135,9 +196,12 @@ def test_cli_train_and_infer_succeed_or_fail_cleanly(adata, supervised):
         cfg = copy.deepcopy(BASE)
         cfg["global"]["supervised"] = supervised
         (root / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
-        for argv in (
-            ["train", "--config", "config.yaml"],
-            ["infer", "--config", "config.yaml", "--data_path", "train.h5ad"],
+        for argv, defects in (
+            (["train", "--config", "config.yaml"], training_defects(adata, supervised, cli=True)),
+            (
+                ["infer", "--config", "config.yaml", "--data_path", "train.h5ad"],
+                inference_defects(adata),
+            ),
         ):
             with _captured() as (out, err):
                 rc = cli.main(argv)
@@ -146,8 +210,10 @@ def test_cli_train_and_infer_succeed_or_fail_cleanly(adata, supervised):
             if rc == 2:
                 assert text.startswith("error: ") and text.count("\n") == 1, text
                 assert "Traceback" not in text
-                event(f"{argv[0]} error: {text.split(':')[1].strip()[:20]}")
+                assert_explained(text.removeprefix("error: ").rstrip("\n"), defects)
+                event(f"{argv[0]} failed")
                 return
+            assert not defects, f"{argv[0]} succeeded despite {sorted(defects)}"
         event("trained and inferred")
         latent = np.load(root / "results" / "latent_embeddings.npy")
         assert latent.shape[0] == adata.n_obs and np.isfinite(latent).all()
