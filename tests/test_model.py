@@ -37,6 +37,7 @@ def pca_of_counts(adata):
     return a.obsm["X_pca"]
 
 
+@pytest.mark.slow
 def test_training_improves_validation_elbo(supervised_model):
     elbo = supervised_model.history["val_elbo"]
     assert elbo[-1] > elbo[0] + 50  # nats per cell
@@ -155,6 +156,7 @@ def test_a_later_session_keeps_the_cluster_numbers():
     assert _keep_cluster_numbers([["a", "c"]], old) == [["a", "c"]]
 
 
+@pytest.mark.slow
 def test_max_clusters_needs_an_unsupervised_model(supervised_model):
     with pytest.raises(scarkids.errors.InputDataError, match="max_clusters"):
         supervised_model.predict(max_clusters=3)
@@ -200,6 +202,7 @@ def test_same_seed_same_losses_and_different_seed_differs():
     assert runs[0] != runs[2]
 
 
+@pytest.mark.slow
 def test_save_load_gives_identical_latent(supervised_model, tmp_path):
     path = supervised_model.save(tmp_path / "model")
     assert path.name == "model.pt"
@@ -211,6 +214,7 @@ def test_save_load_gives_identical_latent(supervised_model, tmp_path):
     np.testing.assert_array_equal(loaded.predict(), supervised_model.predict())
 
 
+@pytest.mark.slow
 def test_load_aligns_genes_by_name(supervised_model, tmp_path):
     supervised_model.save(tmp_path / "m.pt")
     adata = supervised_model.adata
@@ -223,6 +227,7 @@ def test_load_aligns_genes_by_name(supervised_model, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_modes_switch_through_checkpoints(supervised_model, tmp_path):
     supervised_model.save(tmp_path / "sup.pt")
     adata = supervised_model.adata.copy()
@@ -254,6 +259,7 @@ def test_modes_switch_through_checkpoints(supervised_model, tmp_path):
     assert set(adata.obs["cell_type"].astype(str)) <= set(sup.registry.label_categories)
 
 
+@pytest.mark.slow
 def test_corrected_expression_and_predictions(supervised_model):
     adata = supervised_model.adata
     expr = supervised_model.get_normalized_expression(transform_batch="batch_0", library_size=1e4)
@@ -278,6 +284,7 @@ def test_corrected_expression_and_predictions(supervised_model):
         supervised_model.get_normalized_expression(transform_batch="nope")
 
 
+@pytest.mark.slow
 def test_refinement_is_seeded(supervised_model):
     a = supervised_model.refine_latent(n_steps=10, seed=1)
     b = supervised_model.refine_latent(n_steps=10, seed=1)

@@ -18,18 +18,36 @@ from scarkids.model.uncertainty import fit_temperature
 HELD_OUT = "type_4"
 
 
+def _simulated():
+    return scarkids.datasets.simulate(
+        2500, 300, n_batches=2, n_cell_types=5, batch_effect=0.4, seed=7
+    )
+
+
 @pytest.fixture(scope="module")
 def split(one_thread):
     """A reference without one of five cell types, and all cells (with that type)."""
-    adata = scarkids.datasets.simulate(
-        2500, 300, n_batches=2, n_cell_types=5, batch_effect=0.4, seed=7
-    )
+    adata = _simulated()
     ref = adata[adata.obs["cell_type"] != HELD_OUT].copy()
     ref.obs["cell_type"] = ref.obs["cell_type"].astype(str)
     SCARKIDS.setup_anndata(ref, batch_key="batch", labels_key="cell_type")
     model = SCARKIDS(ref, n_latent=8, seed=0)
     model.train(60, progress_bar=False, seed=0)
     return model, adata
+
+
+@pytest.fixture(scope="module")
+def three_way(one_thread):
+    """A model trained on 80% of the cells and validated on 10%, and the last 10% (cells it
+    never saw)."""
+    adata = _simulated()
+    part = np.random.default_rng(0).permutation(adata.n_obs) % 10
+    ref, val, unseen = (adata[m].copy() for m in (part < 8, part == 8, part == 9))
+    for a in (ref, val):
+        SCARKIDS.setup_anndata(a, batch_key="batch", labels_key="cell_type")
+    model = SCARKIDS(ref, n_latent=8, seed=0)
+    model.train(40, progress_bar=False, seed=0, validation_adata=val)
+    return model, unseen
 
 
 def test_fit_temperature_recovers_a_known_temperature():
@@ -54,11 +72,12 @@ def test_fit_temperature_does_not_sharpen_on_no_evidence():
     assert fit_temperature(true_logits / 3, drawn) == pytest.approx(1 / 3, rel=0.1)
 
 
-def test_temperature_lowers_the_validation_nll(split):
-    model, _ = split
+def test_temperature_fitted_on_validation_lowers_the_nll_of_unseen_cells(three_way):
+    model, unseen = three_way
     assert model.temperature != 1.0
-    z = torch.as_tensor(model.get_latent_representation())
-    codes = pd.Index(model.label_names).get_indexer(model.adata.obs["cell_type"].astype(str))
+    z = torch.as_tensor(model.get_latent_representation(unseen))
+    codes = pd.Index(model.label_names).get_indexer(unseen.obs["cell_type"].astype(str))
+    assert (codes >= 0).all()
     logits = model.module.classifier(z).detach().double()
     labels = torch.as_tensor(codes)
     raw = F.cross_entropy(logits, labels).item()

@@ -136,7 +136,7 @@ class ModelDifferentialExpression:
             ``"change"``: probability that ``|LFC| > delta``; ``"vanilla"``: probability
             that one group's expression is higher (``proba_m1``, ``proba_m2``).
         delta
-            Smallest |log2 fold change| that counts as a change (mode ``"change"``), >= 0.
+            Smallest absolute log2 fold change that counts as a change (mode ``"change"``), >= 0.
         batch_correction
             Decode every drawn code in every batch of ``adata`` and average, so that the
             groups' batch composition does not appear as DE; ``False``: in the cell's own
