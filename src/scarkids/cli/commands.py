@@ -148,6 +148,16 @@ def _shared_options() -> dict[str, argparse.ArgumentParser]:
         seed_only.add_argument(f"--{name}", help=argparse.SUPPRESS)
         if name != "data_path":
             seed_only_train.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    from_checkpoint = argparse.ArgumentParser(add_help=False, parents=[debug])
+    from_checkpoint.add_argument(
+        "--checkpoint", required=True, help="a trained model's checkpoint (.pt)"
+    )
+    from_checkpoint.add_argument(
+        "--seed", type=int, default=0, help="random seed (default: %(default)s)"
+    )
+    from_checkpoint.add_argument(
+        "--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="default: auto"
+    )
     fresh = argparse.ArgumentParser(add_help=False)
     fresh.add_argument("--fresh", action="store_true", help="ignore an existing last.pt")
     fresh.add_argument(
@@ -165,6 +175,7 @@ def _shared_options() -> dict[str, argparse.ArgumentParser]:
         "seed_only": seed_only,
         "seed_only_train": seed_only_train,
         "fresh": fresh,
+        "from_checkpoint": from_checkpoint,
     }
 
 
@@ -210,13 +221,12 @@ def _add_sequential(sub, parents: dict) -> None:
 def _add_generate(sub, parents: dict) -> None:
     p = sub.add_parser(
         "generate",
-        parents=[parents["debug"]],
+        parents=[parents["from_checkpoint"]],
         help="generate cells of chosen types as chosen batches would measure them (.h5ad)",
         description="Draws latent codes from the prior of each cell type and decodes them to "
         "counts as each batch would have measured them (SCARKIDS.generate). Cells of one "
         "type share their codes across the batches asked for (counterfactual pairs).",
     )
-    p.add_argument("--checkpoint", required=True, help="a trained model's checkpoint (.pt)")
     p.add_argument("--output", required=True, help="the .h5ad file to write")
     p.add_argument(
         "--n_cells", "--n-cells", type=int, required=True, help="cells per (type, batch)"
@@ -243,23 +253,18 @@ def _add_generate(sub, parents: dict) -> None:
         help="reverse diffusion steps; fewer than the model's use the DDIM sampler "
         "(default: the full chain)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument(
-        "--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="default: auto"
-    )
     p.set_defaults(run=_cmd_generate)
 
 
 def _add_de(sub, parents: dict) -> None:
     p = sub.add_parser(
         "de",
-        parents=[parents["debug"]],
+        parents=[parents["from_checkpoint"]],
         help="differential expression between groups of cells from a trained model (.csv)",
         description="Posterior differential expression (SCARKIDS.differential_expression, "
         "lvm-DE as in scvi-tools): each group of --groupby against the rest, --group1 "
         "against the rest, or --group1 against --group2.",
     )
-    p.add_argument("--checkpoint", required=True, help="a trained model's checkpoint (.pt)")
     p.add_argument("--data_path", "--data-path", required=True, help="the cells (.h5ad)")
     p.add_argument("--groupby", required=True, help="obs column that defines the groups")
     p.add_argument("--group1", help="the group to test (default: every group in turn)")
@@ -276,10 +281,6 @@ def _add_de(sub, parents: dict) -> None:
         help="decode each cell in its own batch instead of averaging over the batches",
     )
     p.add_argument("--layer", help="layer with the raw counts (default: X)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument(
-        "--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="default: auto"
-    )
     p.set_defaults(run=_cmd_de)
 
 
@@ -475,17 +476,25 @@ def _names(values: list[str] | None) -> list[str] | None:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
-def _cmd_generate(args) -> int:
+def _output_and_model(args, kind: str):
+    """``--output`` as a path (its folder writable, not a folder itself) and the model of
+    ``--checkpoint``: checked before any work, so that a bad request writes nothing."""
     from pathlib import Path
 
-    from scarkids.cli.common import check_writable_dir, write_h5ad
+    from scarkids.cli.common import check_writable_dir
     from scarkids.model.base import SCARKIDS
 
     out = Path(args.output)
     check_writable_dir(out.parent, "the folder of --output")
     if out.is_dir():
-        raise InputDataError(f"--output {out} is a folder; give the .h5ad file to write")
-    model = SCARKIDS.load(args.checkpoint, device=args.device)
+        raise InputDataError(f"--output {out} is a folder; give the {kind} file to write")
+    return out, SCARKIDS.load(args.checkpoint, device=args.device)
+
+
+def _cmd_generate(args) -> int:
+    from scarkids.cli.common import write_h5ad
+
+    out, model = _output_and_model(args, ".h5ad")
     cells = model.generate(
         args.n_cells,
         cell_type=_names(args.cell_type),
@@ -503,18 +512,10 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_de(args) -> int:
-    from pathlib import Path
-
-    from scarkids.cli.common import check_writable_dir
     from scarkids.cli.infer import _read_query
     from scarkids.data.files import write_atomic
-    from scarkids.model.base import SCARKIDS
 
-    out = Path(args.output)
-    check_writable_dir(out.parent, "the folder of --output")
-    if out.is_dir():
-        raise InputDataError(f"--output {out} is a folder; give the .csv file to write")
-    model = SCARKIDS.load(args.checkpoint, device=args.device)
+    out, model = _output_and_model(args, ".csv")
     data = {
         "batch_key": model.registry.batch_key,
         "counts_layer": args.layer,
