@@ -300,6 +300,38 @@ def test_inference_bad_novelty_quantile_is_one_line(model_dir, capsys, monkeypat
     assert not (model_dir / "q_out").exists()
 
 
+def test_inference_differential_expression_section_writes_the_table(model_dir, capsys, monkeypatch):
+    monkeypatch.chdir(model_dir)
+    section = {"groupby": "cell_type", "mode": "change", "delta": 0.5, "fdr_target": 0.1}
+    write_config(model_dir / "de.yaml", inference={"differential_expression": section})
+    rc, out, err = run(["infer", "--config", "de.yaml", "--output_dir", "de_out"], capsys)
+    assert rc == 0, err
+    table = pd.read_csv(model_dir / "de_out" / "differential_expression.csv", index_col=0)
+    assert sorted(table["comparison"].unique()) == [f"type_{k} vs rest" for k in range(3)]
+    assert "is_de_fdr_0.1" in table and "Differential expression by 'cell_type'" in out
+    # off by default: no table
+    rc, _, _ = run(["infer", "--config", "config.yaml", "--output_dir", "plain_out"], capsys)
+    assert rc == 0 and not (model_dir / "plain_out" / "differential_expression.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"groupby": "nope"}, "inference.differential_expression.groupby"),
+        ({"groupby": "cell_type", "delta": -1}, "inference.differential_expression.delta"),
+        ({"groupby": "cell_type", "fdr": 0.1}, "inference.differential_expression.fdr"),
+    ],
+)
+def test_inference_bad_differential_expression_is_one_line(
+    model_dir, capsys, monkeypatch, section, key
+):
+    monkeypatch.chdir(model_dir)
+    write_config(model_dir / "bad_de.yaml", inference={"differential_expression": section})
+    rc, _, err = run(["infer", "--config", "bad_de.yaml", "--output_dir", "bad_de_out"], capsys)
+    assert rc == 2 and key in err and err.strip().count("\n") == 0
+    assert not (model_dir / "bad_de_out").exists()
+
+
 def test_inference_max_clusters_of_a_supervised_model_is_one_line(model_dir, capsys, monkeypatch):
     monkeypatch.chdir(model_dir)
     write_config(model_dir / "merge_sup.yaml", inference={"max_clusters": 2})

@@ -17,6 +17,7 @@ LABEL_OFFSET = 1
 LATENT_FILE = "latent_embeddings.npy"
 EXPRESSION_FILE = "corrected_expression.h5ad"
 PREDICTIONS_FILE = "cell_type_predictions.csv"
+DE_FILE = "differential_expression.csv"
 RUN_INFO_FILE = "run_info.json"
 #: the checkpoint of the selected epoch, and the resumable one, in ``training.checkpoint_dir``
 BEST_CHECKPOINT = "best_model.pt"

@@ -18,8 +18,9 @@ import pandas as pd
 
 from scarkids.cli.common import check_writable_dir, require, versions, write_atomic, write_json
 from scarkids.config.load import config_hash
-from scarkids.constants import (  # noqa: F401 (the file names, re-exported)
+from scarkids.constants import (
     BEST_CHECKPOINT,
+    DE_FILE,  # noqa: F401 (the file names, re-exported)
     EXPRESSION_FILE,
     LATENT_FILE,
     LATENT_KEY,
@@ -98,6 +99,12 @@ def _open(cfg, checkpoint, data_path, output_dir) -> _Run:
     target, target_index = _target_batch(model, inf["default_target_batch"])
     log.info("scARKIDS inference | checkpoint %s (%r) | device %s", ckpt, model, device)
     adata = _read_query(cfg, model, path)
+    groupby = inf["differential_expression"]["groupby"]
+    if groupby is not None and groupby not in adata.obs:
+        raise InputDataError(
+            f"inference.differential_expression.groupby: {groupby!r} is not a column of obs in "
+            f"{path}; columns: {', '.join(map(str, list(adata.obs.columns)[:12]))}"
+        )
     log.info("Data: %s: %d cells | target batch %r", path, adata.n_obs, target)
     return _Run(model, adata, ckpt, path, out_dir, device, target, target_index)
 
@@ -139,7 +146,26 @@ def _compute(cfg, run: _Run, timer: _Timer) -> dict[str, Any]:
         log.info("The checkpoint has no validation novelty: cells are flagged by probability only")
     predictions.index = adata.obs_names
     timer.lap("predict")
-    return {"latent": latent, "refined": refined, "predictions": predictions}
+    de, de_cfg = None, inf["differential_expression"]
+    if de_cfg["groupby"] is not None:
+        de = model.differential_expression(
+            adata,
+            groupby=de_cfg["groupby"],
+            mode=de_cfg["mode"],
+            delta=de_cfg["delta"],
+            fdr_target=de_cfg["fdr_target"],
+            seed=cfg["training"]["seed"],
+        )
+        called = int(de[f"is_de_fdr_{de_cfg['fdr_target']}"].sum())
+        log.info(
+            "Differential expression by %r: %d comparison(s), %d gene calls at FDR %s",
+            de_cfg["groupby"],
+            de["comparison"].nunique(),
+            called,
+            de_cfg["fdr_target"],
+        )
+        timer.lap("differential_expression")
+    return {"latent": latent, "refined": refined, "predictions": predictions, "de": de}
 
 
 def _write_outputs(cfg, run: _Run, outputs: dict, timer: _Timer) -> list[Path]:
@@ -185,6 +211,9 @@ def _write_outputs(cfg, run: _Run, outputs: dict, timer: _Timer) -> list[Path]:
         }
         written.append(_write_expression_h5ad(out_dir / EXPRESSION_FILE, out, chunks))
         timer.lap("expression")
+    if outputs.get("de") is not None:
+        de = outputs["de"]
+        written.append(write_atomic(out_dir / DE_FILE, lambda tmp: de.to_csv(tmp)))
     return written
 
 

@@ -247,6 +247,8 @@ def _resolve_section(name: str, body: Mapping, glob: Mapping, source: str) -> di
             spec, default = GLOBAL[key], glob[key]
         else:
             default = copy.deepcopy(spec.default)
+            if spec.kind == "section":
+                default = {k: copy.deepcopy(f.default) for k, f in spec.fields.items()}
         out[key] = _check(spec, body[key], f"{name}.{key}", source) if key in body else default
     return out
 
@@ -358,11 +360,24 @@ def _resolve_sessions(cfg: Mapping, entries: list | None, source: str) -> list[d
 
 def _check(spec: Key, value: Any, key: str, source: str) -> Any:
     """``value`` converted to ``spec``'s type, or a ConfigError naming ``key``."""
+    if value is None and spec.kind == "section":  # "section:" with nothing under it
+        value = {}
     if value is None:
         if spec.optional:
             return None
         _fail(source, key, f"expected {_expected(spec)}, got null")
     kind = spec.kind
+    if kind == "section":
+        if not isinstance(value, Mapping):
+            _fail(source, key, f"expected a mapping of keys, got {_show(value)}")
+        for sub in value:
+            if sub not in spec.fields:
+                names = ", ".join(spec.fields)
+                _fail(source, f"{key}.{sub}", f"unknown key; the keys here are {names}")
+        return {
+            k: _check(f, value[k], f"{key}.{k}", source) if k in value else copy.deepcopy(f.default)
+            for k, f in spec.fields.items()
+        }
     if kind == "bool":
         if not isinstance(value, bool):
             _fail(source, key, f"expected true or false, got {_show(value)}")

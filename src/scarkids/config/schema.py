@@ -16,7 +16,16 @@ from scarkids.train.settings import FREEZE_MODES, LR_SCHEDULERS, TrainingSetting
 _TRAIN = TrainingSettings()
 
 Kind = Literal[
-    "int", "float", "bool", "str", "enum", "int_list", "float_list", "int_or_str", "list"
+    "int",
+    "float",
+    "bool",
+    "str",
+    "enum",
+    "int_list",
+    "float_list",
+    "int_or_str",
+    "list",
+    "section",
 ]
 
 
@@ -39,6 +48,8 @@ class Key:
     le: float | None = None
     legacy: str | None = None
     help: str = ""
+    #: kind "section": the keys of the sub-section (name -> Key); its default is theirs
+    fields: Any = None
 
 
 #: In a section's table, this marks a key whose spec and default come from ``global``
@@ -233,6 +244,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
             optional=True,
             help="cells above this quantile of the reference cells' novelty, raised by their "
             "batch's shift, are unknown",
+        ),
+        "differential_expression": Key(
+            "section",
+            None,
+            help="differential expression between groups of the data's cells, written to "
+            "differential_expression.csv; off while groupby is null",
+            fields={
+                "groupby": Key("str", None, optional=True, help="obs column of the groups"),
+                "mode": Key("enum", "change", choices=("change", "vanilla")),
+                "delta": Key("float", 0.25, ge=0, help="|log2 fold change| of a change"),
+                "fdr_target": Key("float", 0.05, gt=0, lt=1),
+            },
         ),
         "unknown_warning_share": Key(
             "float",
