@@ -91,6 +91,18 @@ def fdr_calls(proba_de: np.ndarray, fdr_target: float) -> np.ndarray:
     return calls
 
 
+def _check_arguments(mode, delta, fdr_target, n_samples) -> None:
+    """One-line errors for the settings of a DE request that cannot be met."""
+    if mode not in MODES:
+        raise InputDataError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or delta < 0:
+        raise InputDataError(f"delta must be a number >= 0 (e.g. 0.25), got {delta!r}")
+    if not 0 < fdr_target < 1:
+        raise InputDataError(f"fdr_target must lie strictly between 0 and 1, got {fdr_target!r}")
+    if int(n_samples) < 1:
+        raise InputDataError(f"n_samples must be at least 1, got {n_samples!r}")
+
+
 class ModelDifferentialExpression:
     """Differential expression between groups of cells (see :class:`SCARKIDS`)."""
 
@@ -165,16 +177,7 @@ class ModelDifferentialExpression:
         adata_ = self.adata if adata is None else adata
         n = adata_.n_obs
         comparisons = self._de_comparisons(adata_, groupby, group1, group2, idx1, idx2)
-        if mode not in MODES:
-            raise InputDataError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or delta < 0:
-            raise InputDataError(f"delta must be a number >= 0 (e.g. 0.25), got {delta!r}")
-        if not 0 < fdr_target < 1:
-            raise InputDataError(
-                f"fdr_target must lie strictly between 0 and 1, got {fdr_target!r}"
-            )
-        if int(n_samples) < 1:
-            raise InputDataError(f"n_samples must be at least 1, got {n_samples!r}")
+        _check_arguments(mode, delta, fdr_target, n_samples)
         X, batch, _ = self._encode(adata_, labels="ignore")
         X = sp.csr_matrix(X)
         library = np.asarray(X.sum(1)).ravel()
@@ -195,29 +198,22 @@ class ModelDifferentialExpression:
                 )
             return cache[tag]
 
-        genes = np.asarray(self.registry.gene_names, dtype=object)
         tables = []
         for k, (name1, name2, m1, m2) in enumerate(comparisons):
             s1, s2 = scales(m1, 2 * k), scales(m2, 2 * k + 1)
             rng = np.random.default_rng([seed, 7919, k])
-            p1 = rng.integers(0, s1.shape[0], int(n_samples))
-            p2 = rng.integers(0, s2.shape[0], int(n_samples))
-            lfc = np.log2(s1[p1] + pseudocount) - np.log2(s2[p2] + pseudocount)
-            table = pd.DataFrame(index=pd.Index(genes, name="gene"))
-            if mode == "change":
-                proba = (np.abs(lfc) > delta).mean(0)
-            else:
-                m1_higher = (s1[p1] > s2[p2]).mean(0)
-                proba = np.maximum(m1_higher, 1 - m1_higher)
-            table["proba_de"] = proba
-            table["proba_not_de"] = 1 - proba
-            table["bayes_factor"] = np.log(proba + 1e-8) - np.log(1 - proba + 1e-8)
-            table["scale1"], table["scale2"] = s1.mean(0), s2.mean(0)
-            table["lfc_mean"], table["lfc_median"] = lfc.mean(0), np.median(lfc, axis=0)
-            table["lfc_std"], table["lfc_min"], table["lfc_max"] = (
-                lfc.std(0),
-                lfc.min(0),
-                lfc.max(0),
+            pairs = (
+                rng.integers(0, len(s1), int(n_samples)),
+                rng.integers(0, len(s2), int(n_samples)),
+            )
+            table = self._comparison_table(
+                s1,
+                s2,
+                pairs,
+                mode=mode,
+                delta=delta,
+                pseudocount=pseudocount,
+                fdr_target=fdr_target,
             )
             for suffix, m in (("1", m1), ("2", m2)):
                 table[f"raw_mean{suffix}"] = np.asarray(X[m].mean(0)).ravel()
@@ -225,17 +221,41 @@ class ModelDifferentialExpression:
                 table[f"non_zeros_proportion{suffix}"] = np.asarray((X[m] > 0).mean(0)).ravel()
             for suffix, m in (("1", m1), ("2", m2)):
                 table[f"raw_normalized_mean{suffix}"] = np.asarray(norm[m].mean(0)).ravel()
-            table[f"is_de_fdr_{fdr_target}"] = fdr_calls(proba, fdr_target)
-            if mode == "vanilla":
-                table["proba_m1"], table["proba_m2"] = m1_higher, 1 - m1_higher
+            table = table[[*DE_COLUMNS, *(c for c in table.columns if c not in DE_COLUMNS)]]
             table["comparison"] = f"{name1} vs {name2}"
             table["group1"], table["group2"] = name1, name2
-            order = np.lexsort((-np.abs(table["lfc_mean"].to_numpy()), -proba))
+            order = np.lexsort(
+                (-np.abs(table["lfc_mean"].to_numpy()), -table["proba_de"].to_numpy())
+            )
             tables.append(table.iloc[order])
         out = pd.concat(tables)
         float_cols = [c for c in out.columns if out[c].dtype.kind == "f"]
         out[float_cols] = out[float_cols].astype(np.float64)
         return out
+
+    def _comparison_table(
+        self, s1, s2, pairs, *, mode: str, delta: float, pseudocount: float, fdr_target: float
+    ) -> pd.DataFrame:
+        """The posterior columns of one comparison (genes in the model's order) from the
+        groups' draws ``s1``, ``s2`` (``(n_draws, G)``) paired by ``pairs``."""
+        a, b = s1[pairs[0]], s2[pairs[1]]
+        lfc = np.log2(a + pseudocount) - np.log2(b + pseudocount)
+        table = pd.DataFrame(index=pd.Index(self.registry.gene_names, name="gene"))
+        if mode == "change":
+            proba = (np.abs(lfc) > delta).mean(0)
+        else:
+            m1_higher = (a > b).mean(0)
+            proba = np.maximum(m1_higher, 1 - m1_higher)
+        table["proba_de"] = proba
+        table["proba_not_de"] = 1 - proba
+        table["bayes_factor"] = np.log(proba + 1e-8) - np.log(1 - proba + 1e-8)
+        table["scale1"], table["scale2"] = s1.mean(0), s2.mean(0)
+        table["lfc_mean"], table["lfc_median"] = lfc.mean(0), np.median(lfc, axis=0)
+        table["lfc_std"], table["lfc_min"], table["lfc_max"] = lfc.std(0), lfc.min(0), lfc.max(0)
+        table[f"is_de_fdr_{fdr_target}"] = fdr_calls(proba, fdr_target)
+        if mode == "vanilla":
+            table["proba_m1"], table["proba_m2"] = m1_higher, 1 - m1_higher
+        return table
 
     def _de_comparisons(self, adata, groupby, group1, group2, idx1, idx2):
         """``[(name1, name2, mask1, mask2)]`` of the requested comparisons; one-line errors
