@@ -476,7 +476,7 @@ class ModelOutputs:
                 f"confidence_threshold must be between 0 and 1 or None, got {confidence_threshold!r}"
             )
         adata_ = self.adata if adata is None else adata
-        thresholds, probability_rule = self._batch_rules(
+        batch, thresholds, probability_rule = self._batch_rules(
             adata_, novelty_quantile, confidence_threshold
         )
         if latent is None:
@@ -508,7 +508,6 @@ class ModelOutputs:
             index=adata_.obs_names,
         )
         if warn_share is not None:
-            batch = self._encode(adata_, counts=False)[1]
             batches = np.asarray(self.registry.batch_categories, dtype=object)[batch]
             unknown_summary(table, batches, warn_share=warn_share)
         return table

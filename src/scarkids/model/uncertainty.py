@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 #: validation cells whose novelty is kept (a random subset beyond this many)
 MAX_REFERENCE_CELLS = 20_000
-#: ``calibration`` key: batch name -> [10th percentile, median] of its cells' novelty (nats)
+#: ``calibration`` key: batch name -> 10th percentile of its cells' novelty (nats)
 BATCH_NOVELTY_KEY = "batch_novelty_q10"
 #: largest :meth:`ModelUncertainty.batch_shift` at which a batch keeps the reference's
 #: calibration (the low-probability rule); past it the batch's codes sit off the reference's
@@ -113,14 +113,14 @@ def unknown_summary(
         One row per batch: ``cells``, ``unknown``, ``novelty``, ``low probability`` (counts;
         a cell flagged by both rules counts in both) and ``share`` (unknown / cells).
     """
-    reason = predictions["unknown_reason"].astype(str).to_numpy()
+    reason = predictions["unknown_reason"].fillna("").to_numpy(dtype=str)
     frame = pd.DataFrame(
         {
             "batch": np.asarray(batches).astype(str),
             "cells": 1,
             "unknown": predictions["unknown"].to_numpy(dtype=bool).astype(int),
-            "novelty": np.char.find(reason.astype(str), "novelty") >= 0,
-            "low probability": np.char.find(reason.astype(str), "low probability") >= 0,
+            "novelty": np.char.find(reason, "novelty") >= 0,
+            "low probability": np.char.find(reason, "low probability") >= 0,
         }
     )
     table = frame.groupby("batch", sort=False).sum().astype(int)
@@ -290,7 +290,7 @@ class ModelUncertainty:
         if batch not in stats:
             return None
         q10, q50 = np.quantile(np.asarray(ref, dtype=np.float64), [0.1, 0.5])
-        return float((stats[batch][0] - q10) / max(q50 - q10, 1e-6))
+        return float((stats[batch] - q10) / max(q50 - q10, 1e-6))
 
     def novelty_threshold(
         self, quantile: float | None = 0.99, batch: str | None = None
@@ -339,17 +339,16 @@ class ModelUncertainty:
 
     def _batch_rules(
         self, adata, quantile: float | None, confidence_threshold: float | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Per cell of ``adata``: its batch's novelty threshold (``inf`` where that rule is
-        off) and whether the low-probability rule applies (``confidence_threshold`` set and
-        the batch within :data:`ALIGNED_SHIFT` of the reference, or a model without
-        reference novelty); says in the log which batches had the calls switched off, and
-        why."""
-        n = self._n_obs(adata)
-        has_reference = bool(self.calibration.get("validation_novelty"))
-        if not has_reference:  # nothing to check batches against: the probability alone
-            return np.full(n, np.inf), np.full(n, confidence_threshold is not None)
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per cell of ``adata``: its batch code, its batch's novelty threshold (``inf`` where
+        that rule is off) and whether the low-probability rule applies
+        (``confidence_threshold`` set and the batch within :data:`ALIGNED_SHIFT` of the
+        reference, or a model without reference novelty); says in the log which batches had
+        the calls switched off, and why."""
         _, batch, _ = self._encode(self.adata if adata is None else adata, counts=False)
+        n = batch.shape[0]
+        if not self.calibration.get("validation_novelty"):  # the probability alone
+            return batch, np.full(n, np.inf), np.full(n, confidence_threshold is not None)
         names = self.registry.batch_categories
         thresholds = np.full(len(names), np.inf)
         probability = np.zeros(len(names), dtype=bool)
@@ -378,7 +377,7 @@ class ModelUncertainty:
                     shift,
                     ALIGNED_SHIFT,
                 )
-        return thresholds[batch], probability[batch]
+        return batch, thresholds[batch], probability[batch]
 
     def _calibrate(self, data, *, fit_reference: bool, seed: int) -> None:
         """After training: the temperature (with labels) and the validation novelty (when
@@ -426,7 +425,7 @@ class ModelUncertainty:
     @torch.no_grad()
     def _calibrate_novelty(self, data, *, fit_reference: bool, seed: int) -> None:
         """The reference cells' novelty (a session that trained the encoder and prior) and
-        each batch's 10th percentile and median of novelty (every session: a frozen query session adds
+        each batch's 10th percentile of novelty (every session: a frozen query session adds
         its batches'), from up to :data:`MAX_REFERENCE_CELLS` of the session's cells, training
         and validation alike: the validation cells alone are too few for a 99th
         percentile on small data (cellbench: 57 cells, whose 99th percentile was 3.3 nats
@@ -445,10 +444,7 @@ class ModelUncertainty:
         scores = self.novelty(latent=torch.cat(zs).numpy())
         batch = data.batch[keep_t].cpu().numpy()
         names = self.registry.batch_categories
-        stats = {
-            names[b]: [float(v) for v in np.quantile(scores[batch == b], [0.1, 0.5])]
-            for b in np.unique(batch)
-        }
+        stats = {names[b]: float(np.quantile(scores[batch == b], 0.1)) for b in np.unique(batch)}
         if fit_reference:
             self.calibration["validation_novelty"] = np.sort(scores).astype(float).tolist()
             self.calibration[BATCH_NOVELTY_KEY] = stats
