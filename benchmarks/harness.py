@@ -84,9 +84,10 @@ def open_dataset(args):
     return load_dataset(path, args.seed)
 
 
-def load_dataset(path: Path, seed: int):
+def load_dataset(path: Path, seed: int, extra_obs: tuple[str, ...] = ()):
     """Counts rounded to integers in ``layers['counts']``, the 2000 HVGs (all genes when there
-    are fewer), log-CP10k in X and a 30-PC PCA in ``obsm['X_pca']``."""
+    are fewer), log-CP10k in X and a 30-PC PCA in ``obsm['X_pca']``; ``obs`` keeps ``batch``,
+    ``cell_type`` and the columns of ``extra_obs``."""
     import anndata as ad
     import scanpy as sc
     import scipy.sparse as sp
@@ -95,8 +96,10 @@ def load_dataset(path: Path, seed: int):
     X = sp.csr_matrix(adata.X, dtype=np.float32)
     X.data = np.round(X.data)  # panc8: celseq, celseq2 and fluidigmc1 are non-integer
     X.eliminate_zeros()
-    adata = ad.AnnData(X=X, obs=adata.obs[["batch", "cell_type"]].copy(), var=adata.var[[]])
-    for col in ("batch", "cell_type"):
+    adata = ad.AnnData(
+        X=X, obs=adata.obs[["batch", "cell_type", *extra_obs]].copy(), var=adata.var[[]]
+    )
+    for col in ("batch", "cell_type", *extra_obs):
         adata.obs[col] = adata.obs[col].astype(str).astype("category")
     adata.layers["counts"] = adata.X.copy()
     if adata.n_vars > N_HVG:

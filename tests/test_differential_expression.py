@@ -3,6 +3,8 @@ of the simulator, a batch confound, reproducibility, the table and the command l
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +14,7 @@ import scarkids
 from scarkids import SCARKIDS, cli
 from scarkids.data.files import write_h5ad
 from scarkids.errors import InputDataError
-from scarkids.model.de import DE_COLUMNS, fdr_calls
+from scarkids.model.de import DE_COLUMNS, ModelDifferentialExpression, _pseudocount, fdr_calls
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -116,6 +118,32 @@ def test_fdr_calls_control_the_expected_false_discoveries():
     # by decreasing probability: 0.99, 0.97 (mean 1 - p = 0.02), 0.9 (0.047), 0.5 (0.16)
     assert calls.tolist() == [True, False, True, True, False]
     assert not fdr_calls(np.array([0.5, 0.4]), 0.05).any()
+
+
+def test_change_mode_needs_one_direction_and_shrinks_unexpressed_genes():
+    stub = SimpleNamespace(registry=SimpleNamespace(gene_names=["up", "scatter", "silent"]))
+    rng = np.random.default_rng(0)
+    n = 2000
+    s1 = np.full((n, 3), 1e-3)
+    s2 = np.full((n, 3), 1e-3)
+    s1[:, 0] = 4e-3  # log2 fold change +2 on every draw
+    s1[:, 1] = np.where(rng.random(n) < 0.5, 4e-3, 2.5e-4)  # +2 or -2, half and half
+    s1[:, 2], s2[:, 2] = rng.uniform(1e-9, 1e-8, n), rng.uniform(1e-9, 1e-8, n)
+    pairs = (np.arange(n), np.arange(n))
+    counts1, counts2 = np.array([5.0, 5.0, 0.0]), np.array([5.0, 5.0, 0.0])
+    offset = _pseudocount(s1, s2, counts1, counts2)
+    # the largest draw of the unexpressed gene (< 1e-8), over the 3 genes
+    assert 1e-9 / 3 < offset < 1e-8 / 3
+    table = ModelDifferentialExpression._comparison_table(
+        stub, s1, s2, pairs, mode="change", delta=0.25, pseudocount=offset, fdr_target=0.05
+    )
+    assert table.loc["up", "proba_de"] == 1.0
+    # |LFC| = 2 on every pair, but half up and half down: not a change
+    assert table.loc["scatter", "proba_de"] == pytest.approx(0.5, abs=0.05)
+    # the unexpressed gene's tenfold noise is shrunk below delta
+    assert table.loc["silent", "proba_de"] < 0.5
+    assert table[f"is_de_fdr_{0.05}"].tolist() == [True, False, False]
+    assert table.loc["up", "lfc_mean"] == pytest.approx(2.0, abs=1e-3)
 
 
 @pytest.mark.parametrize(

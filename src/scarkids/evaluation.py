@@ -1,4 +1,5 @@
-"""Public evaluation API (``scarkids.evaluation.evaluate``): scIB metrics of embeddings.
+"""Public evaluation API (``scarkids.evaluation.evaluate``): scIB metrics of embeddings, and
+the structure below the labels (fine types under coarse labels, neighbours within a batch).
 
 The implementation lives in :mod:`scarkids.metrics`; this module keeps the public name.
 """
@@ -12,6 +13,7 @@ from scarkids.metrics.scib import (
     evaluate,
     write_evaluation,
 )
+from scarkids.metrics.structure import fine_label_structure, within_batch_structure
 
 __all__ = [
     "BATCH_METRICS",
@@ -19,6 +21,8 @@ __all__ = [
     "PREDICTION_METRICS",
     "SCORE_COLUMNS",
     "evaluate",
+    "fine_label_structure",
     "quick_metrics",
+    "within_batch_structure",
     "write_evaluation",
 ]

@@ -8,9 +8,14 @@ a difference in the groups' batch composition then does not show up as DE) or in
 cell's own batch. Draws of the two groups are paired at random and give the posterior of
 the log2 fold change per gene, ``LFC = log2(rho1 + eps) - log2(rho2 + eps)``:
 
-- mode ``"change"``: ``proba_de = P(|LFC| > delta)``;
+- mode ``"change"``: ``proba_de = max(P(LFC > delta), P(LFC < -delta))``: one direction
+  (a gene whose paired draws scatter both ways is not a change);
 - mode ``"vanilla"``: ``proba_m1 = P(rho1 > rho2)``, ``proba_de = max(proba_m1, 1 - proba_m1)``;
 
+In mode ``"change"`` a pseudocount is added before the log: by default, per comparison, the
+90th percentile over the genes a group does not express (mean count < 0.01) of their largest
+drawn expression, divided by the number of genes (the larger of the two groups'), so that the
+LFC of genes no group expresses shrinks to 0. ``lfc_*`` are computed with a thousandth of it.
 ``bayes_factor = log(proba_de / proba_not_de)``; a gene is called DE (``is_de_fdr_<t>``)
 when it is among the most probable genes whose mean ``proba_not_de`` (the posterior
 expected false discovery proportion) stays at most ``fdr_target``.
@@ -91,6 +96,23 @@ def fdr_calls(proba_de: np.ndarray, fdr_target: float) -> np.ndarray:
     return calls
 
 
+def _mean_counts(X, mask: np.ndarray) -> np.ndarray:
+    """``(G,)`` mean count per gene of the cells in ``mask``."""
+    return np.asarray(X[mask].mean(0)).ravel()
+
+
+def _pseudocount(s1, s2, counts1, counts2, *, threshold: float = 0.01, q: float = 0.9) -> float:
+    """The offset added before the log in mode ``"change"``: for each group, the ``q``
+    quantile, over the genes whose mean count in the group is below ``threshold``, of the
+    gene's largest drawn expression; the larger of the two, divided by the number of genes
+    (at least 1e-10)."""
+    offsets = []
+    for draws, counts in ((s1, counts1), (s2, counts2)):
+        silent = counts < threshold
+        offsets.append(np.quantile(draws.max(0)[silent], q) if silent.any() else 1e-10)
+    return float(max(1e-10, max(offsets) / s1.shape[1]))
+
+
 def _check_arguments(mode, delta, fdr_target, n_samples) -> None:
     """One-line errors for the settings of a DE request that cannot be met."""
     if mode not in MODES:
@@ -121,7 +143,7 @@ class ModelDifferentialExpression:
         batch_correction: bool = True,
         fdr_target: float = 0.05,
         n_samples: int = 5000,
-        pseudocount: float = 1e-6,
+        pseudocount: float | None = None,
         seed: int = 0,
         batch_size: int = 1024,
     ) -> pd.DataFrame:
@@ -158,7 +180,9 @@ class ModelDifferentialExpression:
         n_samples
             Posterior draws per group (cells drawn with replacement, one ``z`` per draw).
         pseudocount
-            Added to the normalised expression (each cell's sums to 1) before the log.
+            Added to the normalised expression (each cell's sums to 1) before the log;
+            ``None`` estimates it per comparison from the genes a group does not express
+            (see above).
         seed
             Seed of the draws and pairings: the same seed gives the same table.
         batch_size
@@ -206,14 +230,11 @@ class ModelDifferentialExpression:
                 rng.integers(0, len(s1), int(n_samples)),
                 rng.integers(0, len(s2), int(n_samples)),
             )
+            offset = pseudocount
+            if offset is None:
+                offset = _pseudocount(s1, s2, _mean_counts(X, m1), _mean_counts(X, m2))
             table = self._comparison_table(
-                s1,
-                s2,
-                pairs,
-                mode=mode,
-                delta=delta,
-                pseudocount=pseudocount,
-                fdr_target=fdr_target,
+                s1, s2, pairs, mode=mode, delta=delta, pseudocount=offset, fdr_target=fdr_target
             )
             for suffix, m in (("1", m1), ("2", m2)):
                 table[f"raw_mean{suffix}"] = np.asarray(X[m].mean(0)).ravel()
@@ -239,13 +260,16 @@ class ModelDifferentialExpression:
         """The posterior columns of one comparison (genes in the model's order) from the
         groups' draws ``s1``, ``s2`` (``(n_draws, G)``) paired by ``pairs``."""
         a, b = s1[pairs[0]], s2[pairs[1]]
-        lfc = np.log2(a + pseudocount) - np.log2(b + pseudocount)
         table = pd.DataFrame(index=pd.Index(self.registry.gene_names, name="gene"))
         if mode == "change":
-            proba = (np.abs(lfc) > delta).mean(0)
+            shrunk = np.log2(a + pseudocount) - np.log2(b + pseudocount)
+            proba = np.maximum((shrunk > delta).mean(0), (shrunk < -delta).mean(0))
+            del shrunk
+            pseudocount = 1e-3 * pseudocount  # the LFC summaries: nearly unshrunk
         else:
             m1_higher = (a > b).mean(0)
             proba = np.maximum(m1_higher, 1 - m1_higher)
+        lfc = np.log2(a + pseudocount) - np.log2(b + pseudocount)
         table["proba_de"] = proba
         table["proba_not_de"] = 1 - proba
         table["bayes_factor"] = np.log(proba + 1e-8) - np.log(1 - proba + 1e-8)
