@@ -303,7 +303,7 @@ def _add_report(sub, parents: dict) -> None:
         "--max-cells",
         type=int,
         help="UMAPs on a seeded subsample of at most this many cells (default: the run "
-        "config's report.max_cells, 20000)",
+        "config's report.max_cells, 10000)",
     )
     p.set_defaults(run=_cmd_report)
 

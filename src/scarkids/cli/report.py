@@ -129,11 +129,11 @@ def training_report(
         seed=tr["seed"],
     )
     if adata is not None:
-        _add_cells(content, model, adata, cfg, note="training")
+        _add_cells(content, model, adata, cfg)
     return _write(out_dir / REPORT_FILE, content)
 
 
-def _add_cells(content: ReportContent, model, adata, cfg: dict, note: str) -> None:
+def _add_cells(content: ReportContent, model, adata, cfg: dict) -> None:
     """Embed and predict a seeded subsample of ``adata`` for the report's figures."""
     inf, data = cfg["inference"], cfg["data"]
     cells = subsample(adata.n_obs, content.max_cells, content.seed)
@@ -152,9 +152,7 @@ def _add_cells(content: ReportContent, model, adata, cfg: dict, note: str) -> No
     layer = model.registry.layer
     content.counts = sub.layers[layer] if layer and layer in sub.layers else sub.X
     if len(cells) < adata.n_obs:
-        content.header.append(
-            ("cells drawn", f"{len(cells):,} of the {adata.n_obs:,} {note} cells (seeded)")
-        )
+        content.n_cells = adata.n_obs
 
 
 def _obs(obs: pd.DataFrame, batch_key: str, label_key: str | None, predictions) -> pd.DataFrame:

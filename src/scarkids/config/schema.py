@@ -289,7 +289,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
         "max_cells": Key(
             "int",
-            20_000,
+            10_000,
             ge=100,
             help="the UMAPs use a seeded subsample of at most this many cells",
         ),

@@ -23,7 +23,7 @@ class ModelReport:
         label_key: str | None = None,
         confidence_threshold: float | None = 0.5,
         novelty_quantile: float | None = 0.99,
-        max_cells: int | None = 20_000,
+        max_cells: int | None = 10_000,
         seed: int = 0,
     ) -> Path:
         """Write one self-contained HTML report: curves, UMAPs, predictions, composition.

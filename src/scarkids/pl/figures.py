@@ -152,8 +152,12 @@ def umap_figure(
         if col not in obs.columns:
             raise InputDataError(f"obs column '{col}' not found: cannot colour by it")
     n = max(len(color), 1)
-    fig = _new_figure(5.2 * n, 4.0, layout="constrained")
-    axes = fig.subplots(1, n, squeeze=False)[0]
+    n_cols = min(n, 3)
+    n_rows = -(-n // n_cols)
+    fig = _new_figure(5.2 * n_cols, 4.0 * n_rows, layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
     size = float(np.clip(12000 / max(len(obs), 1), 0.5, 20))
     order = np.random.default_rng(seed).permutation(len(obs))
     for ax, col in zip(axes, color, strict=False):

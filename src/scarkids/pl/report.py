@@ -31,7 +31,7 @@ from scarkids.pl import figures
 #: file name of the report in a run's output folder
 REPORT_FILE = "report.html"
 #: default cap on the cells drawn in the UMAPs (a seeded subsample)
-MAX_UMAP_CELLS = 20_000
+MAX_UMAP_CELLS = 10_000
 #: the sections of every report, in page order: (id, heading)
 SECTIONS = (
     ("summary", "Run"),
@@ -78,6 +78,8 @@ class ReportContent:
     outputs: list[tuple[str, str]] = field(default_factory=list)
     max_cells: int = MAX_UMAP_CELLS
     seed: int = 0
+    #: cells in the data when ``obs`` holds a seeded subsample of them (None: ``obs`` is all)
+    n_cells: int | None = None
 
 
 def write_report(path, content: ReportContent) -> Path:
@@ -120,7 +122,8 @@ def _summary(c: ReportContent) -> str:
     rows = list(c.header)
     if c.obs is not None and c.batch_key in c.obs.columns:
         sizes = c.obs[c.batch_key].astype(str).value_counts(sort=False).sort_index()
-        rows.insert(0, ("cells", f"{len(c.obs):,}"))
+        drawn = f" ({len(c.obs):,} drawn, seed {c.seed})" if c.n_cells else ""
+        rows.insert(0, ("cells", f"{c.n_cells or len(c.obs):,}{drawn}"))
         rows.insert(1, ("batches", ", ".join(f"{b} ({n:,})" for b, n in sizes.items())))
         labels = _labels(c)
         if labels is not None:
@@ -179,10 +182,11 @@ def _umap(c: ReportContent) -> str:
     ]
     obs = obs.assign(**{c.label_key: _labels(c).iloc[cells]}) if _labels(c) is not None else obs
     coords = figures.umap_coordinates(np.asarray(c.latent)[cells], seed=c.seed)
+    total = c.n_cells or len(c.obs)
     which = (
-        f"all {len(cells):,} cells"
-        if len(cells) == len(c.obs)
-        else f"a seeded subsample of {len(cells):,} of {len(c.obs):,} cells (seed {c.seed}, "
+        f"all {total:,} cells"
+        if len(cells) == total
+        else f"a seeded subsample of {len(cells):,} of {total:,} cells (seed {c.seed}, "
         f"at most {c.max_cells:,})"
     )
     out = _figure(
@@ -347,7 +351,8 @@ ul.warnings li{color:#8a4b00}
 footer{margin-top:3em;font-size:.8em;color:#777}
 """
 
-#: marks the page as rendered: the number of sections and of images that decoded
+#: marks the page as rendered: the number of sections, of images that decoded and of resources
+#: fetched (0: everything is inline); the browser test reads them from the DOM
 _SCRIPT = """
 window.addEventListener("load", function () {
   var images = document.images, decoded = 0;
@@ -357,6 +362,9 @@ window.addEventListener("load", function () {
   document.body.dataset.sections = document.querySelectorAll("section").length;
   document.body.dataset.images = images.length;
   document.body.dataset.imagesDecoded = decoded;
+  var fetched = (window.performance && performance.getEntriesByType)
+    ? performance.getEntriesByType("resource").length : 0;
+  document.body.dataset.requests = fetched;
   document.body.dataset.rendered = "yes";
 });
 """
@@ -429,6 +437,7 @@ def model_report(
     if adata is not None:
         if latent is None:
             cells = subsample(adata.n_obs, max_cells, seed)
+            content.n_cells = adata.n_obs if len(cells) < adata.n_obs else None
             adata = adata if len(cells) == adata.n_obs else adata[cells].copy()
             latent = model.get_latent_representation(adata)
         if predictions is None:
