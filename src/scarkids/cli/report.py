@@ -31,7 +31,7 @@ from scarkids.constants import (
     RUN_INFO_FILE,
 )
 from scarkids.errors import InputDataError
-from scarkids.pl.report import REPORT_FILE, ReportContent, subsample, write_report
+from scarkids.pl.report import REPORT_FILE, ReportContent, subsample, subset_rows, write_report
 from scarkids.train import distributed
 
 log = logging.getLogger("scarkids.run")
@@ -137,7 +137,7 @@ def _add_cells(content: ReportContent, model, adata, cfg: dict) -> None:
     """Embed and predict a seeded subsample of ``adata`` for the report's figures."""
     inf, data = cfg["inference"], cfg["data"]
     cells = subsample(adata.n_obs, content.max_cells, content.seed)
-    sub = adata if len(cells) == adata.n_obs else adata[cells].copy()
+    sub = adata if len(cells) == adata.n_obs else subset_rows(adata, cells)
     latent = model.get_latent_representation(sub)
     predictions = model.predict_with_uncertainty(
         sub,
@@ -150,7 +150,8 @@ def _add_cells(content: ReportContent, model, adata, cfg: dict) -> None:
     content.obs = _obs(sub.obs, content.batch_key, label_key, predictions)
     content.label_key, content.latent = label_key, latent
     layer = model.registry.layer
-    content.counts = sub.layers[layer] if layer and layer in sub.layers else sub.X
+    if not getattr(sub, "isbacked", False):
+        content.counts = sub.layers[layer] if layer and layer in sub.layers else sub.X
     if len(cells) < adata.n_obs:
         content.n_cells = adata.n_obs
 

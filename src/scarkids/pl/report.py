@@ -438,7 +438,7 @@ def model_report(
         if latent is None:
             cells = subsample(adata.n_obs, max_cells, seed)
             content.n_cells = adata.n_obs if len(cells) < adata.n_obs else None
-            adata = adata if len(cells) == adata.n_obs else adata[cells].copy()
+            adata = adata if len(cells) == adata.n_obs else subset_rows(adata, cells)
             latent = model.get_latent_representation(adata)
         if predictions is None:
             predictions = model.predict_with_uncertainty(
@@ -457,6 +457,12 @@ def model_report(
         content.label_key = label_key if label_key in obs.columns else None
         content.counts = _counts(adata, reg.layer)
     return write_report(path, content)
+
+
+def subset_rows(adata, cells: np.ndarray):
+    """An in-memory AnnData of ``cells`` (rows) of ``adata``, backed or not."""
+    view = adata[cells]
+    return view.to_memory() if getattr(adata, "isbacked", False) else view.copy()
 
 
 def _best_epoch(model) -> int | None:
