@@ -178,8 +178,10 @@ def _listing(folder: Path) -> list[tuple[str, str]]:
             what = "a periodic checkpoint (training.checkpoint_interval)"
         if what is None and path.suffix == ".pt":
             what = "a model checkpoint"
+        if what is None:  # not a file the runs write
+            continue
         size = path.stat().st_size
-        out.append((path.name, f"{what or 'a file of this run'} ({size / 2**20:.1f} MiB)"))
+        out.append((path.name, f"{what} ({size / 2**20:.1f} MiB)"))
     if not any(name == REPORT_FILE for name, _ in out):
         out.append((REPORT_FILE, OUTPUT_FILES[REPORT_FILE]))
     return out

@@ -411,7 +411,33 @@ def model_report(
     Without ``latent``, the latent and predictions are computed on a seeded subsample of
     at most ``max_cells`` cells of ``adata`` (the report stays cheap on large data); with
     them (one row per cell of ``adata``), the histograms and counts use every cell and the
-    UMAP a subsample. See :meth:`scarkids.SCARKIDS.report` for the parameters.
+    UMAP a subsample.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`~scarkids.SCARKIDS` (its ``history``, ``registry``, ``extra``).
+    path
+        The ``.html`` file to write (atomically).
+    adata
+        Cells to draw, registered for the model; None: the training curves alone.
+    latent, predictions
+        The embedding and :meth:`~scarkids.SCARKIDS.predict_with_uncertainty` table of every
+        cell of ``adata``, when already computed.
+    metrics
+        Integration metrics (``batch_silhouette``, ``celltype_silhouette``, ``cLISI``,
+        ``bLISI``), shown with the seed's expected ranges; ``metrics_note`` says on what.
+    title, header, warnings, outputs
+        The page title, extra ``(name, value)`` rows of the first table, the run's warnings,
+        and ``(file name, what it holds)`` rows.
+    batch_key, label_key
+        ``adata.obs`` columns of the batches (default: the model's) and of known labels.
+    confidence_threshold, novelty_quantile
+        The ``unknown`` rules of the predictions.
+    max_cells, seed
+        The cap on the cells drawn and the seed of the subsample and the UMAP.
+    metrics_note
+        A sentence under the metrics table.
 
     Returns
     -------
