@@ -127,6 +127,7 @@ def training_report(
         outputs=_listing(out_dir),
         max_cells=cfg["report"]["max_cells"],
         seed=tr["seed"],
+        unlabeled_category=data["unlabeled_category"],
     )
     if adata is not None:
         _add_cells(content, model, adata, cfg)
@@ -235,6 +236,7 @@ def inference_report(
         outputs=_listing(out_dir),
         max_cells=cfg["report"]["max_cells"],
         seed=int(info.get("seed") or 0),
+        unlabeled_category=data["unlabeled_category"],
     )
     return _write(out_dir / REPORT_FILE, content)
 

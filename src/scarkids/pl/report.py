@@ -80,6 +80,8 @@ class ReportContent:
     seed: int = 0
     #: cells in the data when ``obs`` holds a seeded subsample of them (None: ``obs`` is all)
     n_cells: int | None = None
+    #: the label value that means "no label" (as missing values)
+    unlabeled_category: str = "Unknown"
 
 
 def write_report(path, content: ReportContent) -> Path:
@@ -286,7 +288,7 @@ def _labels(c: ReportContent) -> pd.Series | None:
     if c.obs is None or not c.label_key or c.label_key not in c.obs.columns:
         return None
     labels = c.obs[c.label_key].astype("object")
-    return labels.where(labels.astype(str) != "Unknown")
+    return labels.where(labels.astype(str) != c.unlabeled_category)
 
 
 def _uncorrected_embedding(counts, cells: np.ndarray, seed: int) -> np.ndarray:
@@ -459,6 +461,7 @@ def model_report(
         outputs=list(outputs),
         max_cells=max_cells or 10**12,
         seed=seed,
+        unlabeled_category=reg.unlabeled_category,
     )
     if adata is not None:
         if latent is None:
