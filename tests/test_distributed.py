@@ -64,7 +64,8 @@ def runs(tmp_path_factory):
 def test_ddp_writes_one_set_of_checkpoints_and_log_lines(runs):
     work, procs = runs
     files = sorted(p.name for p in (work / "ckpt_ddp").iterdir())
-    assert files == ["best_model.pt", "last.pt"]  # no temporaries, no per-rank copies
+    # no temporaries, no per-rank copies; rank 0 alone writes the report
+    assert files == ["best_model.pt", "last.pt", "report.html"]
     log = (work / "logs_ddp" / "training.log").read_text()
     epoch_lines = [line for line in log.splitlines() if "Epoch " in line]
     assert len(epoch_lines) == EPOCHS, log  # rank 0 alone logs

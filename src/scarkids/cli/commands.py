@@ -4,6 +4,7 @@
     scarkids infer      --config config.yaml [--checkpoint P] [--data_path P] [--output_dir D]
     scarkids sequential --config examples/sequential.yaml
     scarkids generate   --checkpoint P --cell_type T --batch B --n_cells N --output cells.h5ad
+    scarkids report     RUN_DIR (an inference output folder or a checkpoint folder)
     scarkids demo | simulate | evaluate
 
 Any :class:`~scarkids.errors.ScarkidsError` becomes one line ``error: <message>`` on stderr
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(sub, parents)
     _add_evaluate(sub, parents)
     _add_de(sub, parents)
+    _add_report(sub, parents)
     return parser
 
 
@@ -284,6 +286,28 @@ def _add_de(sub, parents: dict) -> None:
     p.set_defaults(run=_cmd_de)
 
 
+def _add_report(sub, parents: dict) -> None:
+    p = sub.add_parser(
+        "report",
+        parents=[parents["debug"]],
+        help="(re)build report.html of a finished run from its files",
+        description="Writes RUN_DIR/report.html, one self-contained page (inline images): the "
+        "run's data, training curves, validation metrics, UMAPs, composition, predictions, "
+        "warnings and output files. RUN_DIR is an inference output folder (run_info.json) or "
+        "a training checkpoint folder (best_model.pt); run it from the folder the run was "
+        "started in, so that the relative paths it recorded resolve.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run's output or checkpoint folder")
+    p.add_argument(
+        "--max_cells",
+        "--max-cells",
+        type=int,
+        help="UMAPs on a seeded subsample of at most this many cells (default: the run "
+        "config's report.max_cells, 10000)",
+    )
+    p.set_defaults(run=_cmd_report)
+
+
 def _add_demo(sub, parents: dict) -> None:
     p = sub.add_parser(
         "demo",
@@ -450,6 +474,15 @@ def _cmd_infer(args) -> int:
         data_path=args.data_path,
         output_dir=args.output_dir,
     )
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from scarkids.cli.report import rebuild
+
+    if args.max_cells is not None and args.max_cells < 100:
+        raise InputDataError(f"--max_cells {args.max_cells}: give at least 100 cells")
+    rebuild(args.run_dir, max_cells=args.max_cells)
     return 0
 
 

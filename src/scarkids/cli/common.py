@@ -51,10 +51,11 @@ def read_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
 
 def training_hash(cfg: Mapping[str, Any]) -> str:
     """Hash of what decides the trained weights: the config without the epoch budget, the
-    device and the inference section. ``last.pt`` resumes only when this matches, so raising
+    device, the inference and the report sections. ``last.pt`` resumes only when this matches, so raising
     ``training.n_epochs`` continues a finished run instead of starting over."""
     core = dict(cfg)
     core.pop("inference", None)
+    core.pop("report", None)
     core["data"] = {k: v for k, v in core["data"].items() if k != "test_data_path"}
     core["training"] = {k: v for k, v in core["training"].items() if k not in _NOT_TRAINING}
     return config_hash(core)

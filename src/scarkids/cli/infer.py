@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from scarkids.cli import report
 from scarkids.cli.common import check_writable_dir, require, versions, write_atomic, write_json
 from scarkids.config.load import config_hash
 from scarkids.constants import (
@@ -48,14 +49,41 @@ def run_inference(
     Steps: open (checkpoint, data, output folder: every check before any output), compute
     (embedding, optional refinement, predictions), write the outputs, write run_info."""
     timer = _Timer()
-    run = _open(cfg, checkpoint, data_path, output_dir)
-    timer.lap("load")
-    outputs = _compute(cfg, run, timer)
-    written = _write_outputs(cfg, run, outputs, timer)
-    info = _run_info(cfg, config_path, run, outputs, written, timer.timings)
-    write_json(run.out_dir / RUN_INFO_FILE, info)
-    log.info("Wrote %s to %s", ", ".join(info["outputs"] + [RUN_INFO_FILE]), run.out_dir)
+    with report.captured_warnings() as warned:
+        run = _open(cfg, checkpoint, data_path, output_dir)
+        timer.lap("load")
+        outputs = _compute(cfg, run, timer)
+        written = _write_outputs(cfg, run, outputs, timer)
+        info = _run_info(cfg, config_path, run, outputs, written, timer.timings)
+        info["warnings"] = list(warned)
+        write_json(run.out_dir / RUN_INFO_FILE, info)
+        log.info("Wrote %s to %s", ", ".join(info["outputs"] + [RUN_INFO_FILE]), run.out_dir)
+    if report.enabled(cfg):  # after the outputs it describes
+        _write_report(cfg, run, outputs, info)
     return info
+
+
+def _write_report(cfg, run: _Run, outputs: dict, info: dict) -> None:
+    """``report.html`` in the output folder; a failure is a warning, never the run's."""
+    refined = outputs["refined"]
+    adata = run.adata
+    layer = cfg["data"]["counts_layer"]
+    counts = None
+    if not getattr(adata, "isbacked", False):
+        counts = adata.layers[layer] if layer and layer in adata.layers else adata.X
+    try:
+        report.inference_report(
+            cfg,
+            info,
+            run.out_dir,
+            model=run.model,
+            obs=adata.obs,
+            latent=refined if refined is not None else outputs["latent"],
+            predictions=outputs["predictions"],
+            counts=counts,
+        )
+    except Exception as e:  # the report describes the run; it is not part of its result
+        log.warning("report.html not written (%s: %s)", type(e).__name__, e)
 
 
 class _Timer:

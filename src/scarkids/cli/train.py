@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scarkids.cli import report
 from scarkids.cli.common import (
     DeferredLog,
     check_writable_dir,
@@ -132,11 +133,35 @@ def train_session(
     Four steps: prepare the inputs (every check before the first file is written), build
     or resume the model, fit, finalise (best checkpoint, metrics). ``on_first_write`` is
     called just before the first write (the end of the first epoch)."""
-    session = _prepare_session(cfg, name=name, config_path=config_path, banner=banner)
-    model, resume_state, freeze_from = _build_or_resume(session, fresh)
-    extra = _provenance(session, freeze_from)
-    state, seconds = _fit(session, model, resume_state, freeze_from, extra, on_first_write)
-    return _finalise(session, model, state, extra, seconds)
+    with report.captured_warnings() as warned:
+        session = _prepare_session(cfg, name=name, config_path=config_path, banner=banner)
+        model, resume_state, freeze_from = _build_or_resume(session, fresh)
+        extra = _provenance(session, freeze_from)
+        state, seconds = _fit(session, model, resume_state, freeze_from, extra, on_first_write)
+        result = _finalise(session, model, state, extra, seconds)
+        if report.enabled(cfg):  # after the checkpoints it describes
+            _write_report(session, model, result, warned, seconds)
+    return result
+
+
+def _write_report(session: _Session, model, result: dict, warned: list[str], seconds) -> None:
+    """``report.html`` in the checkpoint folder; a failure is a warning, never the run's."""
+    try:
+        report.training_report(
+            session.cfg,
+            model,
+            session.adata,
+            out_dir=session.ckpt_dir,
+            session=session.name,
+            metrics=result["metrics"],
+            warnings=list(warned),
+            seconds=seconds,
+            device=session.device,
+            data_path=str(session.cfg["data"]["train_data_path"]),
+            metrics_role="validation" if session.val_adata is not None else "train",
+        )
+    except Exception as e:  # the report describes the run; it is not part of its result
+        log.warning("report.html not written (%s: %s)", type(e).__name__, e)
 
 
 def _prepare_session(cfg: dict, *, name: str, config_path: str, banner: str | None) -> _Session:

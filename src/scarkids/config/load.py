@@ -231,6 +231,8 @@ def _section_body(raw: Mapping[str, Any], name: str, source: str) -> dict:
     body = raw.get(name)
     if body is None:  # absent, or written as an empty "section:" line
         return {}
+    if name == "report" and isinstance(body, bool):  # "report: false" switches it off
+        body = {"enabled": body}
     if not isinstance(body, Mapping):
         _fail(source, name, f"expected a mapping of keys, got {_show(body)}")
     table = SCHEMA[name]

@@ -280,6 +280,20 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "output_dir": Key("str", "./results"),
         "device": Key("enum", "auto", choices=("auto", "cpu", "cuda", "mps")),
     },
+    "report": {
+        "enabled": Key(
+            "bool",
+            True,
+            help="write report.html beside the outputs of train, inference and sequential "
+            "runs; 'report: false' is short for 'report: {enabled: false}'",
+        ),
+        "max_cells": Key(
+            "int",
+            10_000,
+            ge=100,
+            help="the UMAPs use a seeded subsample of at most this many cells",
+        ),
+    },
 }
 
 #: Keys of one ``training.sessions`` entry. ``None`` default = taken from the rest of the

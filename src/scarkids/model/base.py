@@ -28,6 +28,7 @@ from scarkids.model.de import ModelDifferentialExpression
 from scarkids.model.generation import ModelGeneration, library_fit
 from scarkids.model.outputs import ModelOutputs
 from scarkids.model.persistence import ModelPersistence
+from scarkids.model.report import ModelReport
 from scarkids.model.surgery import ReferenceMapping
 from scarkids.model.uncertainty import ModelUncertainty
 from scarkids.module.vae import SCARKIDSModule
@@ -155,6 +156,7 @@ class SCARKIDS(
     ModelDifferentialExpression,
     ReferenceMapping,
     ModelPersistence,
+    ModelReport,
 ):
     """scARKIDS: a VAE with a cell-type-conditioned latent diffusion prior.
 
