@@ -248,7 +248,7 @@ def write_table() -> None:
                      f"{r['train_seconds']:.0f}", f"{r['de_seconds']:.0f}",
                      "—" if r.get("full_table_seconds") is None
                      else f"{r['full_table_seconds']:.0f}",
-                     r["provenance"]["commit"][:12]])  # fmt: skip
+                     harness.short_commit(r["provenance"])])  # fmt: skip
     lines += harness.md_table(header, rows)
     lines += ["", "## Per comparison", ""]
     header = ["dataset", "comparison", "DESeq2 set", *(f"{m} AUPRC" for m in METHODS)]
@@ -262,7 +262,7 @@ def write_table() -> None:
     lines += harness.md_table(header, rows)
     if runs:
         p = runs[-1]["provenance"]
-        lines += ["", f"Last run: {p['command']} at {p['commit'][:12]}, {p['machine']}, "
+        lines += ["", f"Last run: {p['command']} at {harness.short_commit(p)}, {p['machine']}, "
                   + ", ".join(f"{k} {v}" for k, v in p["versions"].items())]  # fmt: skip
     TABLE.write_text("\n".join(lines) + "\n")
     log(f"wrote {TABLE}")

@@ -337,6 +337,12 @@ def record_run(path: Path, row: dict, key: tuple[str, ...]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, row]))
 
 
+def short_commit(provenance: dict) -> str:
+    """A record's commit for a table: the short hash, ``+`` when package files differed."""
+    commit = provenance["commit"]
+    return commit.split(" ")[0] + ("+" if "uncommitted" in commit else "")
+
+
 def fmt(v, digits: int = 3) -> str:
     return "—" if pd.isna(v) else f"{v:.{digits}f}"
 

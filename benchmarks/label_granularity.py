@@ -146,7 +146,7 @@ def write_table() -> None:
         rows.append([ds, method, str(len(g)), *cells])
     lines += harness.md_table(header, rows)
     last = runs.iloc[-1]["provenance"]
-    commits = sorted({p["commit"][:12] for p in runs["provenance"]})
+    commits = sorted({harness.short_commit(p) for p in runs["provenance"]})
     lines += ["", f"Commits: {', '.join(commits)}. Last run: {last['command']}, "
               f"{last['machine']}, " + ", ".join(f"{k} {v}" for k, v in last["versions"].items())]  # fmt: skip
     TABLE.write_text("\n".join(lines) + "\n")
