@@ -14,7 +14,12 @@ import scarkids
 from scarkids import SCARKIDS, cli
 from scarkids.data.files import write_h5ad
 from scarkids.errors import InputDataError
-from scarkids.model.de import DE_COLUMNS, ModelDifferentialExpression, _pseudocount, fdr_calls
+from scarkids.model.de import (
+    DE_COLUMNS,
+    ModelDifferentialExpression,
+    _library_pseudocount,
+    fdr_calls,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -124,24 +129,24 @@ def test_change_mode_needs_one_direction_and_shrinks_unexpressed_genes():
     stub = SimpleNamespace(registry=SimpleNamespace(gene_names=["up", "scatter", "silent"]))
     rng = np.random.default_rng(0)
     n = 2000
-    s1 = np.full((n, 3), 1e-3)
-    s2 = np.full((n, 3), 1e-3)
-    s1[:, 0] = 4e-3  # log2 fold change +2 on every draw
-    s1[:, 1] = np.where(rng.random(n) < 0.5, 4e-3, 2.5e-4)  # +2 or -2, half and half
-    s1[:, 2], s2[:, 2] = rng.uniform(1e-9, 1e-8, n), rng.uniform(1e-9, 1e-8, n)
+    s1 = np.full((n, 3), 1e-2)
+    s2 = np.full((n, 3), 1e-2)
+    s1[:, 0] = 4e-2  # log2 fold change +2 on every draw
+    s1[:, 1] = np.where(rng.random(n) < 0.5, 4e-2, 2.5e-3)  # +2 or -2, half and half
+    s1[:, 2], s2[:, 2] = rng.uniform(1e-6, 1e-5, n), rng.uniform(1e-6, 1e-5, n)
     pairs = (np.arange(n), np.arange(n))
-    counts1, counts2 = np.array([5.0, 5.0, 0.0]), np.array([5.0, 5.0, 0.0])
-    offset = _pseudocount(s1, s2, counts1, counts2)
-    # the largest draw of the unexpressed gene (< 1e-8), over the 3 genes
-    assert 1e-9 / 3 < offset < 1e-8 / 3
+    library = np.array([500.0, 1000.0, 1500.0, 99.0])
+    m1, m2 = np.array([True, True, False, False]), np.array([False, False, True, False])
+    offset = _library_pseudocount(library, m1, m2)
+    assert offset == pytest.approx(1 / 1000)  # one count at the compared cells' median depth
     table = ModelDifferentialExpression._comparison_table(
         stub, s1, s2, pairs, mode="change", delta=0.25, pseudocount=offset, fdr_target=0.05
     )
     assert table.loc["up", "proba_de"] == 1.0
     # |LFC| = 2 on every pair, but half up and half down: not a change
     assert table.loc["scatter", "proba_de"] == pytest.approx(0.5, abs=0.05)
-    # the unexpressed gene's tenfold noise is shrunk below delta
-    assert table.loc["silent", "proba_de"] < 0.5
+    # tenfold noise far below one count per cell is shrunk below delta
+    assert table.loc["silent", "proba_de"] == 0.0
     assert table[f"is_de_fdr_{0.05}"].tolist() == [True, False, False]
     assert table.loc["up", "lfc_mean"] == pytest.approx(2.0, abs=1e-3)
 

@@ -12,10 +12,10 @@ the log2 fold change per gene, ``LFC = log2(rho1 + eps) - log2(rho2 + eps)``:
   (a gene whose paired draws scatter both ways is not a change);
 - mode ``"vanilla"``: ``proba_m1 = P(rho1 > rho2)``, ``proba_de = max(proba_m1, 1 - proba_m1)``;
 
-In mode ``"change"`` a pseudocount is added before the log: by default, per comparison, the
-90th percentile over the genes a group does not express (mean count < 0.01) of their largest
-drawn expression, divided by the number of genes (the larger of the two groups'), so that the
-LFC of genes no group expresses shrinks to 0. ``lfc_*`` are computed with a thousandth of it.
+In mode ``"change"`` a pseudocount is added before the log: by default, per comparison, one
+count at the median library size of the two groups' cells (``1 / median library``), so that
+the LFC of genes a cell of typical depth would not see once shrinks towards 0 and does not
+decide ``proba_de``. ``lfc_*`` are computed with a thousandth of it.
 ``bayes_factor = log(proba_de / proba_not_de)``; a gene is called DE (``is_de_fdr_<t>``)
 when it is among the most probable genes whose mean ``proba_not_de`` (the posterior
 expected false discovery proportion) stays at most ``fdr_target``.
@@ -96,21 +96,11 @@ def fdr_calls(proba_de: np.ndarray, fdr_target: float) -> np.ndarray:
     return calls
 
 
-def _mean_counts(X, mask: np.ndarray) -> np.ndarray:
-    """``(G,)`` mean count per gene of the cells in ``mask``."""
-    return np.asarray(X[mask].mean(0)).ravel()
-
-
-def _pseudocount(s1, s2, counts1, counts2, *, threshold: float = 0.01, q: float = 0.9) -> float:
-    """The offset added before the log in mode ``"change"``: for each group, the ``q``
-    quantile, over the genes whose mean count in the group is below ``threshold``, of the
-    gene's largest drawn expression; the larger of the two, divided by the number of genes
-    (at least 1e-10)."""
-    offsets = []
-    for draws, counts in ((s1, counts1), (s2, counts2)):
-        silent = counts < threshold
-        offsets.append(np.quantile(draws.max(0)[silent], q) if silent.any() else 1e-10)
-    return float(max(1e-10, max(offsets) / s1.shape[1]))
+def _library_pseudocount(library: np.ndarray, m1: np.ndarray, m2: np.ndarray) -> float:
+    """The offset added before the log in mode ``"change"``: one count at the median library
+    size of the two groups' cells, ``1 / median(library)`` (an expression a cell of typical
+    depth would not see once cannot show a fold change)."""
+    return float(1.0 / max(np.median(library[m1 | m2]), 1.0))
 
 
 def _check_arguments(mode, delta, fdr_target, n_samples) -> None:
@@ -181,8 +171,8 @@ class ModelDifferentialExpression:
             Posterior draws per group (cells drawn with replacement, one ``z`` per draw).
         pseudocount
             Added to the normalised expression (each cell's sums to 1) before the log;
-            ``None`` estimates it per comparison from the genes a group does not express
-            (see above).
+            ``None``: one count at the median library size of the compared cells (see
+            above).
         seed
             Seed of the draws and pairings: the same seed gives the same table.
         batch_size
@@ -232,7 +222,7 @@ class ModelDifferentialExpression:
             )
             offset = pseudocount
             if offset is None:
-                offset = _pseudocount(s1, s2, _mean_counts(X, m1), _mean_counts(X, m2))
+                offset = _library_pseudocount(library, m1, m2)
             table = self._comparison_table(
                 s1, s2, pairs, mode=mode, delta=delta, pseudocount=offset, fdr_target=fdr_target
             )
