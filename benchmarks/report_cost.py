@@ -23,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
-from harness import RESULTS, git_state
+from harness import RESULTS, provenance
 from speed import data_file
 
 SCARKIDS = [sys.executable, "-m", "scarkids"]
@@ -68,6 +69,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--epochs", type=int, default=1, help="training epochs (the model is a prop)")
     p.add_argument("--max_cells", type=int, default=10_000, help="report.max_cells")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each, alternating; medians")
     args = p.parse_args()
     data = data_file(args.cells, 2000, seed=0)
     with tempfile.TemporaryDirectory(prefix="scarkids_report_cost_") as tmp:
@@ -76,16 +78,26 @@ def main() -> None:
         plain = config(work, data, report=False, **kw)
         with_report = config(work, data, report=True, **kw)
         train_s, _ = timed([*SCARKIDS, "train", "--config", str(plain)], args.threads)
-        rows = []
-        for name, cfg in (("inference, report: false", plain), ("inference + report", with_report)):
-            seconds, log = timed([*SCARKIDS, "infer", "--config", str(cfg)], args.threads)
-            found = re.search(r"Report: \S+ \(([0-9.]+) s\)", log)
-            rows.append((name, seconds, float(found.group(1)) if found else None))
+        runs: dict[str, list] = {"inference, report: false": [], "inference + report": []}
+        for _ in range(args.repeats):
+            for name, cfg in zip(runs, (plain, with_report), strict=True):
+                seconds, log = timed([*SCARKIDS, "infer", "--config", str(cfg)], args.threads)
+                found = re.search(r"Report: \S+ \(([0-9.]+) s\)", log)
+                runs[name].append((seconds, float(found.group(1)) if found else None))
+    rows = []
+    for name, got in runs.items():
+        report_s = [r for _, r in got if r is not None]
+        rows.append(
+            (name, float(np.median([w for w, _ in got])),
+             float(np.median(report_s)) if report_s else None)
+        )  # fmt: skip
     base = rows[0][1]
+    prov = provenance(args.threads)
     lines = [
-        f"`python benchmarks/report_cost.py --cells {args.cells} --threads {args.threads} "
-        f"--max_cells {args.max_cells}` at {git_state()}; training ({args.epochs} epoch): "
-        f"{train_s:.1f} s",
+        f"`{prov['command']}` at {prov['commit']}; {prov['machine']}; "
+        + ", ".join(f"{k} {v}" for k, v in prov["versions"].items())
+        + f"; training ({args.epochs} epoch): {train_s:.1f} s. Medians of {args.repeats} "
+        "runs of each, alternating.",
         "",
         "| run | wall s | report s (its log line) | vs inference without the report |",
         "|---|---|---|---|",
