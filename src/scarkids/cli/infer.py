@@ -32,6 +32,7 @@ from scarkids.constants import (
 from scarkids.data.files import write_h5ad
 from scarkids.data.preprocess import check_columns, read_h5ad, restrict_genes, zero_count_cells
 from scarkids.errors import InputDataError
+from scarkids.pl.plots import warm_umap
 
 log = logging.getLogger("scarkids.run")
 
@@ -49,6 +50,8 @@ def run_inference(
     Steps: open (checkpoint, data, output folder: every check before any output), compute
     (embedding, optional refinement, predictions), write the outputs, write run_info."""
     timer = _Timer()
+    if report.enabled(cfg):  # UMAP's one-off compilation overlaps the computation
+        warm_umap()
     with report.captured_warnings() as warned:
         run = _open(cfg, checkpoint, data_path, output_dir)
         timer.lap("load")

@@ -6,6 +6,7 @@ here needs a display or changes the pyplot backend of the calling process.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,6 +127,23 @@ def plot_umap(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     return path
+
+
+def warm_umap() -> threading.Thread:
+    """Start importing umap-learn and compiling its numba code (about 12 s on 2 CPU threads,
+    the same in every new process) in a daemon thread, so that a run which will draw UMAPs
+    at its end pays it while it computes. Returns the started thread."""
+
+    def compile_once() -> None:
+        try:
+            tiny = np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32)
+            _umap_coordinates(tiny, 0, 15)
+        except Exception:  # the real call will say what is wrong
+            pass
+
+    thread = threading.Thread(target=compile_once, name="scarkids-warm-umap", daemon=True)
+    thread.start()
+    return thread
 
 
 def _umap_coordinates(embedding, seed: int, n_neighbors: int) -> np.ndarray:
