@@ -50,11 +50,11 @@ def run_inference(
     Steps: open (checkpoint, data, output folder: every check before any output), compute
     (embedding, optional refinement, predictions), write the outputs, write run_info."""
     timer = _Timer()
-    if report.enabled(cfg):  # UMAP's one-off compilation overlaps the computation
-        warm_umap()
     with report.captured_warnings() as warned:
         run = _open(cfg, checkpoint, data_path, output_dir)
         timer.lap("load")
+        if report.enabled(cfg):  # the inputs are good: UMAP's compilation overlaps the rest
+            warm_umap()
         outputs = _compute(cfg, run, timer)
         written = _write_outputs(cfg, run, outputs, timer)
         info = _run_info(cfg, config_path, run, outputs, written, timer.timings)
