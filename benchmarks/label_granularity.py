@@ -95,14 +95,7 @@ def embed(method: str, adata, seed: int, cache: dict) -> np.ndarray:
     labels = {"scARKIDS-sup": "coarse", "scARKIDS-sup-fine": "cell_type", "scARKIDS-unsup": None}
     labels_key = labels[base]
     k = adata.obs[labels_key or "cell_type"].nunique()
-    from scarkids import SCARKIDS
-
-    a = adata.copy()
-    SCARKIDS.setup_anndata(
-        a, batch_key="batch", labels_key=labels_key, layer="counts", unlabeled_category="Unknown"
-    )
-    model = SCARKIDS(a, n_latent=harness.N_LATENT, n_labels=k, seed=seed, prior=prior)
-    model.train(seed=seed, progress_bar=False)
+    model, a = harness.train_scarkids(adata, labels_key, k, seed, quick=False, prior=prior)
     return model.get_latent_representation(a)
 
 
