@@ -607,7 +607,7 @@ def _cmd_evaluate(args) -> int:
 
     import numpy as np
 
-    from scarkids.data.preprocess import read_h5ad
+    from scarkids.cli.prepare import read_h5ad
     from scarkids.metrics.scib import evaluate, write_evaluation
 
     adata = read_h5ad(args.data)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from scarkids.cli import report
 from scarkids.cli.common import check_writable_dir, require, versions, write_atomic, write_json
+from scarkids.cli.prepare import check_columns, read_h5ad, restrict_genes, zero_count_cells
 from scarkids.config.load import config_hash
 from scarkids.constants import (
     BEST_CHECKPOINT,
@@ -30,7 +31,6 @@ from scarkids.constants import (
     RUN_INFO_FILE,
 )
 from scarkids.data.files import write_h5ad
-from scarkids.data.preprocess import check_columns, read_h5ad, restrict_genes, zero_count_cells
 from scarkids.errors import InputDataError
 from scarkids.pl.plots import warm_umap
 

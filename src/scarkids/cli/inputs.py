@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from scarkids.data.preprocess import (
+from scarkids.cli.prepare import (
     categories,
     check_columns,
     check_maxima,

@@ -1,8 +1,9 @@
-"""Reading ``.h5ad`` files for the command line, with errors that name the file.
+"""The command line's file preparation: reading ``.h5ad`` files, checking their columns,
+selecting genes, handling zero-count cells, with errors that name the file.
 
 Everything here works on AnnData and file paths; nothing touches the model. Each check raises
 :class:`~scarkids.errors.InputDataError` with one line that names the file, the key or column
-and what to do.
+and what to do, in the config's terms.
 """
 
 from __future__ import annotations
@@ -287,6 +288,3 @@ def restrict_genes(adata, genes: list[str], source: str):
     if n == adata.n_vars and list(adata.var_names) == kept:
         return adata
     return adata[:, kept].copy()
-
-
-# --------------------------------------------------------------------------- config-level
