@@ -244,13 +244,6 @@ def check_maxima(
         )
 
 
-def categories(series: pd.Series, exclude: str | None = None) -> list[str]:
-    """Distinct non-missing values of an obs column as strings, ``exclude`` removed."""
-    values = {str(v) for v in series.dropna().unique()}
-    values.discard(exclude)
-    return sorted(values)
-
-
 def fingerprint(adata) -> dict:
     """Identity of a dataset: shape and a short hash of its cell and gene names."""
     import hashlib

@@ -29,9 +29,10 @@ from scarkids.cli.common import (
 )
 from scarkids.cli.inputs import check_categories, read_training_file, read_validation_file
 from scarkids.cli.logs import epoch_line, log_validation_metrics
-from scarkids.cli.prepare import categories, fingerprint
+from scarkids.cli.prepare import fingerprint
 from scarkids.config.load import config_hash, session_list
 from scarkids.constants import BEST_CHECKPOINT, LAST_CHECKPOINT
+from scarkids.data.registry import sorted_categories as categories  # the one ordering rule
 from scarkids.errors import CheckpointError, ConfigError, InputDataError
 from scarkids.model import checkpoint
 

@@ -139,9 +139,16 @@ def obs_column(adata, key: str, *, source: str | None, what: str) -> pd.Series:
 
 
 def sorted_categories(series: pd.Series, exclude: str | None = None) -> list[str]:
-    """Category names in their categorical order (or sorted), NaN and ``exclude`` removed."""
+    """Category names in their categorical order (or sorted), NaN and ``exclude`` removed.
+
+    The one category-ordering rule: the model's registry and the command line's checks use it.
+    Only categories that occur are kept.
+    """
     if isinstance(series.dtype, pd.CategoricalDtype):
-        cats = [str(c) for c in series.cat.categories if (series == c).any()]
+        used = np.zeros(len(series.cat.categories), dtype=bool)
+        codes = np.asarray(series.cat.codes)
+        used[codes[codes >= 0]] = True  # one pass, not one comparison per category
+        cats = [str(c) for c, u in zip(series.cat.categories, used, strict=True) if u]
     else:
         cats = sorted({str(v) for v in series.dropna().unique()})
     return [c for c in cats if c != exclude]
