@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +21,33 @@ import torch
 
 from scarkids.data.registry import get_counts
 from scarkids.data.simulate import BUILTIN_PATH, builtin_dataset
-from scarkids.errors import InputDataError
+from scarkids.errors import InputDataError, ScarkidsError
 
 logger = logging.getLogger(__name__)
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 #: fewer varying genes than this in a batch and skmisc's loess may crash the process
 _MIN_VARYING_GENES = 50
+
+
+@contextmanager
+def config_key(key: str) -> Iterator[None]:
+    """Name the config key behind an argument the command line passes to the library.
+
+    The library's errors name its Python arguments (``layer=``); a
+    :class:`~scarkids.errors.ScarkidsError` raised in the block is raised again, the same
+    type, with ``"; in config.yaml: <key>"`` appended to its one-line message.
+    """
+    try:
+        yield
+    except ScarkidsError as e:
+        raise type(e)(f"{e}; in config.yaml: {key}") from e
+
+
+def _counts(adata, layer: str | None, source: str):
+    """:func:`~scarkids.data.registry.get_counts`, its errors naming ``data.counts_layer``."""
+    with config_key("data.counts_layer"):
+        return get_counts(adata, layer, source=source)
 
 
 def read_h5ad(path: str | os.PathLike, *, what: str = "data file"):
@@ -120,7 +142,7 @@ def zero_count_cells(adata, source: str, *, layer: str | None, mode: str, drop: 
     ``mode="error"`` raises instead. With ``drop=False`` the cells are kept (inference keeps
     the input's rows) and only a warning is logged.
     """
-    counts = get_counts(adata, layer, source=source)
+    counts = _counts(adata, layer, source)
     empty = np.asarray(counts.sum(axis=1)).ravel() <= 0
     n = int(empty.sum())
     if not n:
@@ -166,7 +188,7 @@ def select_genes(
     import anndata as ad
     import scanpy as sc
 
-    tmp = ad.AnnData(X=get_counts(adata, layer, source=source), obs=adata.obs[[]].copy())
+    tmp = ad.AnnData(X=_counts(adata, layer, source), obs=adata.obs[[]].copy())
     tmp.var_names = adata.var_names
     if batch_key is not None:
         tmp.obs["batch"] = adata.obs[batch_key].astype(str).to_numpy()

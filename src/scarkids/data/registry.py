@@ -72,7 +72,7 @@ def get_counts(adata, layer: str | None, *, source: str | None = None) -> sp.csr
         if layer not in adata.layers:
             raise InputDataError(
                 f"{where}: layer {layer!r} not found (layers: {sorted(adata.layers)}); "
-                "set data.counts_layer to the layer holding raw counts, or null to use X"
+                "pass layer= the layer holding raw counts (setup_anndata), or layer=None to use X"
             )
         X = adata.layers[layer]
         what = f"layers[{layer!r}]"
