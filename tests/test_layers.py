@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "scarkids"
 #: the floors, bottom first: a module may import its own floor and the floors below
 LAYERS = [
     {"errors", "constants"},
-    {"nn", "distributions"},
+    {"nn", "distributions", "compute"},
     {"module"},
     {"train"},
     {"data", "datasets"},

@@ -15,10 +15,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from scarkids.compute import distributed
 from scarkids.config.load import config_hash, load_config
 from scarkids.data.files import write_atomic, write_h5ad, write_json  # noqa: F401 (re-exported)
 from scarkids.errors import ConfigError, InputDataError
-from scarkids.train import distributed
 
 #: the logger every run message goes to (console and ``training.log``)
 RUN_LOGGER = "scarkids"

@@ -115,8 +115,8 @@ class _Run:
 
 
 def _open(cfg, checkpoint, data_path, output_dir) -> _Run:
+    from scarkids.compute.device import resolve_device
     from scarkids.model.base import SCARKIDS
-    from scarkids.train.device import resolve_device
 
     inf = cfg["inference"]
     ckpt = Path(checkpoint or Path(cfg["training"]["checkpoint_dir"]) / BEST_CHECKPOINT)

@@ -167,8 +167,8 @@ def _write_report(session: _Session, model, result: dict, warned: list[str], sec
 
 def _prepare_session(cfg: dict, *, name: str, config_path: str, banner: str | None) -> _Session:
     """Check paths, read and check the data files, decide the epoch budget."""
+    from scarkids.compute.device import resolve_device
     from scarkids.model.base import SCARKIDS
-    from scarkids.train.device import resolve_device
     from scarkids.train.settings import batch_and_rate
 
     glob, data, tr = cfg["global"], cfg["data"], cfg["training"]

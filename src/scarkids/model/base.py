@@ -11,6 +11,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from scarkids.compute import distributed
+from scarkids.compute.device import resolve_device
+from scarkids.compute.memory import releasing_memory
 from scarkids.data.backed import BackedCounts, ChunkedStore
 from scarkids.data.counts import select_columns
 from scarkids.data.registry import (
@@ -32,15 +35,12 @@ from scarkids.model.report import ModelReport
 from scarkids.model.surgery import ReferenceMapping
 from scarkids.model.uncertainty import ModelUncertainty
 from scarkids.module.vae import SCARKIDSModule
-from scarkids.train import distributed
-from scarkids.train.device import resolve_device
 from scarkids.train.loop import (
     EpochCallback,
     TrainingData,
     TrainingState,
     train_module,
 )
-from scarkids.train.memory import releasing_memory
 from scarkids.train.settings import (
     CELL_PASSES,
     FREEZE_MODES,

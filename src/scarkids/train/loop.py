@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from scarkids.compute import distributed
+from scarkids.compute.distributed import all_reduce_sum
+from scarkids.compute.memory import release_freed_memory, releasing_memory
 from scarkids.errors import TrainingError
 from scarkids.module.vae import SCARKIDSModule
-from scarkids.train import distributed
 from scarkids.train.clustering import initial_clusters
-from scarkids.train.distributed import all_reduce_sum
-from scarkids.train.memory import release_freed_memory, releasing_memory
 from scarkids.train.state import (
     EpochCallback,
     TrainingData,
