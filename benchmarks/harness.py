@@ -210,10 +210,17 @@ def scanvi_mapping(
 
 # ------------------------------------------------------------------- scARKIDS
 def train_scarkids(
-    adata, labels_key: str | None, n_labels: int, seed: int, quick: bool, **model_kwargs
+    adata,
+    labels_key: str | None,
+    n_labels: int,
+    seed: int,
+    quick: bool,
+    train_kwargs: dict | None = None,
+    **model_kwargs,
 ):
     """scARKIDS on a copy of ``adata`` at its defaults (``model_kwargs``, e.g. ``prior``, go
-    to the model); returns ``(model, the copy it was set up on)``."""
+    to the model, ``train_kwargs``, e.g. ``classification_weight``, to ``train``); returns
+    ``(model, the copy it was set up on)``."""
     from scarkids import SCARKIDS
 
     a = adata.copy()  # the setup lives in a.uns: one copy per model
@@ -221,7 +228,12 @@ def train_scarkids(
         a, batch_key="batch", labels_key=labels_key, layer="counts", unlabeled_category=UNKNOWN
     )
     model = SCARKIDS(a, n_latent=N_LATENT, n_labels=n_labels, seed=seed, **model_kwargs)
-    model.train(max_epochs=QUICK_EPOCHS if quick else None, seed=seed, progress_bar=False)
+    model.train(
+        max_epochs=QUICK_EPOCHS if quick else None,
+        seed=seed,
+        progress_bar=False,
+        **(train_kwargs or {}),
+    )
     return model, a
 
 

@@ -365,3 +365,20 @@ def test_the_automatic_epoch_budget_is_said(monkeypatch, caplog, capsys):
         SCARKIDS(adata, n_latent=3, n_diffusion_steps=10).train(progress_bar=True)
     said = "scARKIDS: 2 epochs (automatic: about 5e+05 cell passes for 120 cells"
     assert said in caplog.text and said in capsys.readouterr().out
+
+
+def test_classifier_dims_limits_the_classifier_to_the_first_latent_dimensions():
+    import torch
+
+    from scarkids.module import SCARKIDSModule
+
+    module = SCARKIDSModule(30, 2, 3, n_latent=6, classifier_dims=2, prior="mixture")
+    module.eval()
+    z = torch.randn(8, 6)
+    moved = z.clone()
+    moved[:, 2:] += 5.0  # the dimensions the classifier does not read
+    assert torch.allclose(module.label_log_probs(z), module.label_log_probs(moved))
+    moved[:, 0] += 5.0
+    assert not torch.allclose(module.label_log_probs(z), module.label_log_probs(moved))
+    with pytest.raises(ValueError, match="classifier_dims"):
+        SCARKIDSModule(30, 2, 3, n_latent=6, classifier_dims=7)

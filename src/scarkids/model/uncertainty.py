@@ -411,7 +411,7 @@ class ModelUncertainty:
             known = labels >= 0
             if int(known.sum()) >= 20:
                 with torch.no_grad():
-                    logits = self.module.classifier(z[known]).double().cpu().numpy()
+                    logits = self.module.classifier_logits(z[known]).double().cpu().numpy()
                 self.calibration["temperature"] = fit_temperature(
                     logits, labels[known].cpu().numpy()
                 )
