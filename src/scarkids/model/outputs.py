@@ -16,6 +16,7 @@ import torch
 
 from scarkids.constants import LABEL_OFFSET
 from scarkids.errors import InputDataError
+from scarkids.labels.clustering import merge_labels
 from scarkids.model.uncertainty import UNKNOWN_WARN_SHARE, unknown_summary
 
 logger = logging.getLogger(__name__)
@@ -340,14 +341,7 @@ class ModelOutputs:
     def _merged(self, probs: np.ndarray, max_clusters: int | None):
         """``probs`` of the labels in use, and their names, merged into at most
         ``max_clusters`` groups (named ``"a+b"``) when given."""
-        names = np.asarray(self.label_names, dtype=object)
-        if max_clusters is None or max_clusters >= probs.shape[1]:
-            return probs, names
-        from scarkids.model.clusters import merge_clusters
-
-        groups = merge_clusters(probs, int(max_clusters))
-        probs = np.stack([probs[:, g].sum(1) for g in groups], axis=1)
-        return probs, np.asarray(["+".join(names[g]) for g in groups], dtype=object)
+        return merge_labels(probs, self.label_names, max_clusters)
 
     def predict(
         self,
@@ -365,7 +359,7 @@ class ModelOutputs:
         training, see ``SCARKIDS(cluster_factor=...)``). With ``max_clusters``, an
         unsupervised model's clusters are merged further into at most that many groups, the
         pair the posterior confuses most first (the entropy criterion of Baudry et al.,
-        2010; :func:`scarkids.model.clusters.merge_clusters`), and a group is named after
+        2010; :func:`scarkids.labels.clustering.merge_clusters`), and a group is named after
         its clusters joined by ``+`` (``"cluster_3+cluster_7"``).
 
         Parameters
