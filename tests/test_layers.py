@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "scarkids"
 LAYERS = [
     {"errors", "constants"},
     {"nn", "distributions"},
-    {"module", "labels"},  # labels: the clusterings of unsupervised training, numpy only
+    {"module", "labels"},  # labels: the label space and the clustering, numpy only
     {"train"},
     {"data", "datasets"},
     {"model", "pl"},  # pl draws what a model holds (model.report) and imports none of it

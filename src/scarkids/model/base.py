@@ -24,6 +24,7 @@ from scarkids.data.registry import (
 )
 from scarkids.data.store import DeviceMatrix
 from scarkids.errors import InputDataError
+from scarkids.labels import space
 from scarkids.model.de import ModelDifferentialExpression
 from scarkids.model.generation import ModelGeneration, library_fit
 from scarkids.model.outputs import ModelOutputs
@@ -105,14 +106,6 @@ def _check_train_arguments(lr_scheduler, freeze, batch_size) -> None:
         raise InputDataError(
             f"batch_size must be an integer of at least 2 (or None: automatic), got {batch_size!r}"
         )
-
-
-def _check_cluster_numbers(n_labels, cluster_factor) -> None:
-    for name, value in (("n_labels", n_labels), ("cluster_factor", cluster_factor)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InputDataError(
-                f"{name} must be a positive integer for unsupervised training, got {value!r}"
-            )
 
 
 def _batch_and_rate(
@@ -198,15 +191,14 @@ class SCARKIDS(
                 )
             clusters, max_clusters = False, None
         else:
-            _check_cluster_numbers(n_labels, cluster_factor)
-            prefix = "cluster" if cluster_factor == 1 else "component"
-            labels = [f"{prefix}_{i}" for i in range(int(n_labels * cluster_factor))]
+            space.check_cluster_numbers(n_labels, cluster_factor)
+            labels = space.component_names(n_labels, cluster_factor)
             clusters, max_clusters = True, int(n_labels)
-            probs = module_kwargs.get("label_prior_probs")
-            if probs is not None and cluster_factor > 1 and len(probs) == n_labels:
+            if module_kwargs.get("label_prior_probs") is not None:
                 # one probability per cluster: shared by its components
-                probs = np.repeat(np.asarray(probs, dtype=float) / cluster_factor, cluster_factor)
-                module_kwargs["label_prior_probs"] = probs.tolist()
+                module_kwargs["label_prior_probs"] = space.component_prior(
+                    module_kwargs["label_prior_probs"], n_labels, cluster_factor
+                )
         self.registry = Registry(
             batch_key=setup["batch_key"],
             labels_key=setup["labels_key"],
@@ -604,13 +596,13 @@ class SCARKIDS(
         z = latent_means(self.module, data)
         p = self.module.label_log_probs(z)[:, used].exp()
         probs = (p / p.sum(1, keepdim=True)).double().cpu().numpy()
-        names = np.asarray(r.label_categories, dtype=object)[used.cpu().numpy()]
+        names = space.names_in_use(r.label_categories, used.cpu().numpy())
         previous = r.cluster_groups
         r.cluster_groups, communities = merge_components(
             probs, z.cpu().numpy(), names, r.max_clusters, seed, previous
         )
-        for i in range(len(previous or [])):  # the previous session's clusters' fits
-            self.library_sizes_by_type.pop(f"cluster_{i}", None)
+        for cluster in space.cluster_names(len(previous or [])):  # the previous clusters' fits
+            self.library_sizes_by_type.pop(cluster, None)
         _say(
             f"{name}: {int(used.sum())} mixture components in use, merged into "
             f"{len(r.cluster_groups)} clusters (at most {r.max_clusters}, and at most the "
@@ -627,8 +619,8 @@ class SCARKIDS(
         if not self.registry.labels_are_clusters or trainable is not None:
             settings.cluster_init_epoch, settings.learn_cluster_prior = None, False
         elif self.registry.max_clusters:  # components per cluster, per Leiden community
-            settings.components_per_community = max(
-                1, self.module.n_labels // self.registry.max_clusters
+            settings.components_per_community = space.components_per_cluster(
+                self.module.n_labels, self.registry.max_clusters
             )
         return trainable, masks
 
@@ -689,14 +681,7 @@ class SCARKIDS(
 
     def __repr__(self) -> str:
         r = self.registry
-        if r.labels_are_clusters and r.max_clusters and r.max_clusters < len(r.label_categories):
-            kind = (
-                f"{len(r.label_categories)} mixture components (at most {r.max_clusters} clusters)"
-            )
-        elif r.labels_are_clusters:
-            kind = f"{len(r.label_categories)} unsupervised clusters"
-        else:
-            kind = f"{len(r.label_categories)} cell types"
+        kind = space.describe(len(r.label_categories), r.labels_are_clusters, r.max_clusters)
         return (
             f"SCARKIDS: {len(r.gene_names)} genes, {len(r.batch_categories)} batches, "
             f"{kind}, latent {self.module.n_latent}, "

@@ -16,6 +16,7 @@ import torch
 
 from scarkids.constants import LABEL_OFFSET
 from scarkids.errors import InputDataError
+from scarkids.labels import space
 from scarkids.labels.clustering import merge_labels
 from scarkids.model.uncertainty import UNKNOWN_WARN_SHARE, unknown_summary
 
@@ -282,11 +283,10 @@ class ModelOutputs:
     def _cluster_components(self) -> list[list[int]] | None:
         """Per reported cluster of an unsupervised model, its components' label codes;
         ``None`` when every component is a cluster (or the labels are cell types)."""
-        groups = self.registry.cluster_groups if self.registry.labels_are_clusters else None
-        if not groups:
-            return None
-        index = {name: i for i, name in enumerate(self.registry.label_categories)}
-        return [[index[c] for c in group] for group in groups]
+        r = self.registry
+        return space.cluster_components(
+            r.label_categories, r.cluster_groups if r.labels_are_clusters else None
+        )
 
     @property
     def label_names(self) -> list[str]:
@@ -297,46 +297,24 @@ class ModelOutputs:
         (``SCARKIDS(cluster_factor=...)``), or, for a model whose every component is a
         cluster, the components in use (those whose mixing proportion fell below 0.1% are
         switched off)."""
-        names = self.registry.label_categories
-        if not self.registry.labels_are_clusters:
-            return list(names)
-        if self.registry.cluster_groups:
-            return [f"cluster_{i}" for i in range(len(self.registry.cluster_groups))]
+        r = self.registry
         used = self.module.labels_in_use().cpu().numpy()
-        return [n for n, u in zip(names, used, strict=True) if u]
+        return space.label_names(r.label_categories, r.labels_are_clusters, r.cluster_groups, used)
 
     def _label_codes(self, names: np.ndarray, z) -> np.ndarray:
         """Component codes ``(n,)`` of label names ``(n,)``: a cell type's code, or for a
         cluster of components (:attr:`label_names`) its component most probable at the
         cell's code in ``z`` ``(n, n_latent)``."""
-        codes = pd.Index(self.registry.label_categories).get_indexer(names)
+        codes = space.label_codes(names, self.registry.label_categories)
         groups = self._cluster_components()
         if groups is not None:
-            cluster = pd.Index(self.label_names).get_indexer(names)
+            cluster = space.label_codes(names, self.label_names)
             if (cluster >= 0).any():
                 probs = self._label_probs(latent=z, in_use_only=False)
-                for g, comps in enumerate(groups):
-                    rows = np.flatnonzero(cluster == g)
-                    if rows.size:
-                        codes[rows] = np.asarray(comps)[probs[np.ix_(rows, comps)].argmax(1)]
+                codes = space.most_probable_components(codes, cluster, groups, probs)
         if (codes < 0).any():
             raise InputDataError("refine_latent: labels contain names the model does not know")
         return codes
-
-    def _check_max_clusters(self, max_clusters, caller: str) -> None:
-        if max_clusters is None:
-            return
-        if not self.registry.labels_are_clusters:
-            raise InputDataError(
-                f"{caller}: max_clusters merges an unsupervised model's clusters; this "
-                "model was trained on cell-type labels (drop max_clusters)"
-            )
-        if isinstance(max_clusters, bool) or not isinstance(max_clusters, (int, np.integer)):
-            raise InputDataError(
-                f"{caller}: max_clusters must be a positive integer, got {max_clusters!r}"
-            )
-        if max_clusters < 1:
-            raise InputDataError(f"{caller}: max_clusters must be at least 1, got {max_clusters}")
 
     def _merged(self, probs: np.ndarray, max_clusters: int | None):
         """``probs`` of the labels in use, and their names, merged into at most
@@ -387,7 +365,7 @@ class ModelOutputs:
             ``(n_cells, n_labels)`` DataFrame indexed by ``adata.obs_names`` with one column
             per label (or group).
         """
-        self._check_max_clusters(max_clusters, "predict")
+        space.check_max_clusters(max_clusters, self.registry.labels_are_clusters, "predict")
         adata_ = self.adata if adata is None else adata
         probs, names = self._merged(self._label_probs(adata_, batch_size), max_clusters)
         if soft:
@@ -464,7 +442,9 @@ class ModelOutputs:
             ``novelty`` (nats), ``unknown`` (bool) and ``unknown_reason`` (``"novelty"``,
             ``"low probability"``, both joined by ``" and "``, or ``""``).
         """
-        self._check_max_clusters(max_clusters, "predict_with_uncertainty")
+        space.check_max_clusters(
+            max_clusters, self.registry.labels_are_clusters, "predict_with_uncertainty"
+        )
         if confidence_threshold is not None and not 0 <= confidence_threshold <= 1:
             raise InputDataError(
                 f"confidence_threshold must be between 0 and 1 or None, got {confidence_threshold!r}"

@@ -404,7 +404,7 @@ class ModelUncertainty:
             library = torch.cat(library).cpu().numpy()
             val_batch = data.batch[val].cpu().numpy()
             self._update_type_library_sizes(library, val_batch, log_p.argmax(1).cpu().numpy())
-            if self._cluster_components() is not None:  # and per (cluster, batch)
+            if self.registry.cluster_groups:  # and per (merged cluster, batch)
                 clusters = self._label_probs(latent=z.cpu().numpy()).argmax(1)
                 self._update_type_library_sizes(library, val_batch, clusters, self.label_names)
         if data.label_mode != "unlabelled" and not self.registry.labels_are_clusters:
