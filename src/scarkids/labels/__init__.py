@@ -8,4 +8,5 @@ training loop, which both use them.
   (k-means pieces merged by Ward, bounded by the Leiden communities), the merge of mixture
   components into clusters (an entropy criterion) and the renumbering that keeps a cluster's
   number from one clustering to the next.
+- :mod:`scarkids.labels.unknown`: the per-batch summary of the cells called ``unknown``.
 """

@@ -18,7 +18,7 @@ from scarkids.constants import LABEL_OFFSET
 from scarkids.errors import InputDataError
 from scarkids.labels import space
 from scarkids.labels.clustering import merge_labels
-from scarkids.model.uncertainty import UNKNOWN_WARN_SHARE, unknown_summary
+from scarkids.labels.unknown import UNKNOWN_WARN_SHARE, unknown_summary
 
 logger = logging.getLogger(__name__)
 
@@ -404,7 +404,7 @@ class ModelOutputs:
 
         ``top_label`` is the prediction whatever the call; the log counts the ``unknown``
         cells by rule and warns about each batch that is mostly ``unknown``
-        (:func:`~scarkids.model.uncertainty.unknown_summary`). The probabilities are
+        (:func:`~scarkids.labels.unknown.unknown_summary`). The probabilities are
         temperature-scaled (:attr:`temperature`).
 
         Parameters
@@ -432,7 +432,7 @@ class ModelOutputs:
             groups'. The novelty does not depend on it.
         warn_share
             Log a warning for each batch with more than this share of its cells ``unknown``
-            (:func:`~scarkids.model.uncertainty.unknown_summary`); ``None``: no warning.
+            (:func:`~scarkids.labels.unknown.unknown_summary`); ``None``: no warning.
 
         Returns
         -------
