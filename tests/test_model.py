@@ -147,13 +147,13 @@ def test_bad_cluster_numbers_are_one_line_errors(kwargs):
 def test_a_later_session_keeps_the_cluster_numbers():
     """Clusters re-merged after a later session keep the number of the earlier cluster
     they share most components with; new ones follow."""
-    from scarkids.model.base import _keep_cluster_numbers
+    from scarkids.labels.clustering import keep_cluster_numbers
 
     old = [["c"], ["a"], ["d", "e"]]
     new = [["a", "b"], ["c"], ["d"], ["f"]]
-    assert _keep_cluster_numbers(new, old) == [["c"], ["a", "b"], ["d"], ["f"]]
-    assert _keep_cluster_numbers(new, None) == new
-    assert _keep_cluster_numbers([["a", "c"]], old) == [["a", "c"]]
+    assert keep_cluster_numbers(new, old) == [["c"], ["a", "b"], ["d"], ["f"]]
+    assert keep_cluster_numbers(new, None) == new
+    assert keep_cluster_numbers([["a", "c"]], old) == [["a", "c"]]
 
 
 @pytest.mark.slow

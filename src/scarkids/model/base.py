@@ -27,6 +27,7 @@ from scarkids.data.registry import (
 )
 from scarkids.data.store import DeviceMatrix
 from scarkids.errors import InputDataError
+from scarkids.labels import space
 from scarkids.model.de import ModelDifferentialExpression
 from scarkids.model.generation import ModelGeneration, library_fit
 from scarkids.model.outputs import ModelOutputs
@@ -107,33 +108,6 @@ def _check_train_arguments(lr_scheduler, freeze, batch_size) -> None:
         )
 
 
-def _check_cluster_numbers(n_labels, cluster_factor) -> None:
-    for name, value in (("n_labels", n_labels), ("cluster_factor", cluster_factor)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InputDataError(
-                f"{name} must be a positive integer for unsupervised training, got {value!r}"
-            )
-
-
-def _keep_cluster_numbers(new: list[list[str]], old: list[list[str]] | None) -> list:
-    """``new`` clusters (lists of component names, largest first) renumbered so that a
-    cluster sharing the most components with a previous session's cluster keeps its number
-    (one-to-one, by shared components); the others follow, largest first."""
-    if not old:
-        return new
-    from scipy.optimize import linear_sum_assignment
-
-    shared = np.array([[len(set(a) & set(b)) for b in old] for a in new])
-    rows, cols = linear_sum_assignment(-shared)
-    place = {int(r): int(c) for r, c in zip(rows, cols, strict=True) if shared[r, c] > 0}
-    slots = [None] * max(len(new), len(old))
-    for r, c in place.items():
-        slots[c] = new[r]
-    rest = iter(g for i, g in enumerate(new) if i not in place)
-    out = [g if g is not None else next(rest, None) for g in slots]
-    return [g for g in out if g is not None] + list(rest)
-
-
 def _batch_and_rate(
     batch_size: int | None, learning_rate: float | None, n_cells: int, device, name, progress_bar
 ) -> tuple[int, float]:
@@ -173,7 +147,7 @@ class SCARKIDS(
         Unsupervised: mixture components fitted per reported cluster. The prior has
         ``cluster_factor * n_labels`` components; after training, those in use are merged
         into at most ``n_labels`` clusters, the pair the classifier confuses most first
-        (:func:`scarkids.model.clusters.merge_clusters`), and :meth:`predict` names those
+        (:func:`scarkids.labels.clustering.merge_clusters`), and :meth:`predict` names those
         clusters. Fitting twice as many components as types and merging recovers the types
         better than fitting as many (``benchmarks/clustering.py``: kang 0.72 -> 0.84,
         panc8 0.77 -> 0.85 Hungarian accuracy); 1: every component is a cluster.
@@ -217,15 +191,14 @@ class SCARKIDS(
                 )
             clusters, max_clusters = False, None
         else:
-            _check_cluster_numbers(n_labels, cluster_factor)
-            prefix = "cluster" if cluster_factor == 1 else "component"
-            labels = [f"{prefix}_{i}" for i in range(int(n_labels * cluster_factor))]
+            space.check_cluster_numbers(n_labels, cluster_factor)
+            labels = space.component_names(n_labels, cluster_factor)
             clusters, max_clusters = True, int(n_labels)
-            probs = module_kwargs.get("label_prior_probs")
-            if probs is not None and cluster_factor > 1 and len(probs) == n_labels:
+            if module_kwargs.get("label_prior_probs") is not None:
                 # one probability per cluster: shared by its components
-                probs = np.repeat(np.asarray(probs, dtype=float) / cluster_factor, cluster_factor)
-                module_kwargs["label_prior_probs"] = probs.tolist()
+                module_kwargs["label_prior_probs"] = space.component_prior(
+                    module_kwargs["label_prior_probs"], n_labels, cluster_factor
+                )
         self.registry = Registry(
             batch_key=setup["batch_key"],
             labels_key=setup["labels_key"],
@@ -605,7 +578,7 @@ class SCARKIDS(
     def _merge_components(self, data, name: str, progress_bar: bool, seed: int) -> None:
         """Unsupervised, after a session that trained everything: merge the mixture
         components in use into at most ``registry.max_clusters`` clusters, and no more than
-        the latent has Leiden communities (:func:`~scarkids.model.clusters.merge_clusters`
+        the latent has Leiden communities (:func:`~scarkids.labels.clustering.merge_components`
         on every training cell's ``q(c | z0)``), numbered by decreasing mass, into
         ``registry.cluster_groups``."""
         r = self.registry
@@ -615,8 +588,7 @@ class SCARKIDS(
             or self.module.n_labels <= r.max_clusters
         ):
             return
-        from scarkids.model.clusters import merge_clusters
-        from scarkids.train.clustering import latent_communities
+        from scarkids.labels.clustering import merge_components
         from scarkids.train.loop import latent_means
 
         self.module.eval()
@@ -624,14 +596,13 @@ class SCARKIDS(
         z = latent_means(self.module, data)
         p = self.module.label_log_probs(z)[:, used].exp()
         probs = (p / p.sum(1, keepdim=True)).double().cpu().numpy()
-        communities = latent_communities(z.cpu().numpy(), seed)
-        groups = merge_clusters(probs, min(r.max_clusters, communities))
-        mass = np.array([probs[:, g].sum() for g in groups])
-        names = np.asarray(r.label_categories, dtype=object)[used.cpu().numpy()]
-        new = [[str(c) for c in names[groups[i]]] for i in np.argsort(-mass, kind="stable")]
-        for i in range(len(r.cluster_groups or [])):  # the previous session's clusters' fits
-            self.library_sizes_by_type.pop(f"cluster_{i}", None)
-        r.cluster_groups = _keep_cluster_numbers(new, r.cluster_groups)
+        names = space.names_in_use(r.label_categories, used.cpu().numpy())
+        previous = r.cluster_groups
+        r.cluster_groups, communities = merge_components(
+            probs, z.cpu().numpy(), names, r.max_clusters, seed, previous
+        )
+        for cluster in space.cluster_names(len(previous or [])):  # the previous clusters' fits
+            self.library_sizes_by_type.pop(cluster, None)
         _say(
             f"{name}: {int(used.sum())} mixture components in use, merged into "
             f"{len(r.cluster_groups)} clusters (at most {r.max_clusters}, and at most the "
@@ -648,8 +619,8 @@ class SCARKIDS(
         if not self.registry.labels_are_clusters or trainable is not None:
             settings.cluster_init_epoch, settings.learn_cluster_prior = None, False
         elif self.registry.max_clusters:  # components per cluster, per Leiden community
-            settings.components_per_community = max(
-                1, self.module.n_labels // self.registry.max_clusters
+            settings.components_per_community = space.components_per_cluster(
+                self.module.n_labels, self.registry.max_clusters
             )
         return trainable, masks
 
@@ -710,14 +681,7 @@ class SCARKIDS(
 
     def __repr__(self) -> str:
         r = self.registry
-        if r.labels_are_clusters and r.max_clusters and r.max_clusters < len(r.label_categories):
-            kind = (
-                f"{len(r.label_categories)} mixture components (at most {r.max_clusters} clusters)"
-            )
-        elif r.labels_are_clusters:
-            kind = f"{len(r.label_categories)} unsupervised clusters"
-        else:
-            kind = f"{len(r.label_categories)} cell types"
+        kind = space.describe(len(r.label_categories), r.labels_are_clusters, r.max_clusters)
         return (
             f"SCARKIDS: {len(r.gene_names)} genes, {len(r.batch_categories)} batches, "
             f"{kind}, latent {self.module.n_latent}, "
