@@ -60,6 +60,29 @@ def _check_layers(encoder_hidden_dims, decoder_layers: int) -> None:
         raise ValueError(f"decoder_layers must be at least 1, got {decoder_layers}")
 
 
+def _make_prior(prior: str, n_latent: int, n_labels: int, **diffusion) -> nn.Module:
+    """The latent prior ``p(z0 | c)`` named by ``prior`` (``diffusion``: the keyword
+    arguments of :class:`DiffusionPrior`; unused by the controls)."""
+    if prior == "diffusion":
+        return DiffusionPrior(n_latent, n_labels, **diffusion)
+    if prior == "gaussian":
+        return GaussianPrior(n_latent, n_labels)
+    if prior == "mixture":
+        return MixturePrior(n_latent, n_labels)
+    raise ValueError(f"prior must be 'diffusion', 'gaussian' or 'mixture', got {prior!r}")
+
+
+def _classifier_dims(classifier_dims: int | None, n_latent: int) -> int:
+    """The latent dimensions the classifier reads: all of them unless a number is given."""
+    if classifier_dims is None:
+        return n_latent
+    if not 1 <= classifier_dims <= n_latent:
+        raise ValueError(
+            f"classifier_dims must be between 1 and n_latent ({n_latent}), got {classifier_dims}"
+        )
+    return int(classifier_dims)
+
+
 class SCARKIDSModule(nn.Module):
     """VAE with a cell-type-conditioned latent diffusion prior. See the module docstring.
 
@@ -166,11 +189,7 @@ class SCARKIDSModule(nn.Module):
         classifier_dims: int | None = None,
     ):
         super().__init__()
-        if classifier_dims is not None and not 1 <= classifier_dims <= n_latent:
-            raise ValueError(
-                f"classifier_dims must be between 1 and n_latent ({n_latent}), got {classifier_dims}"
-            )
-        self.classifier_dims = n_latent if classifier_dims is None else int(classifier_dims)
+        self.classifier_dims = _classifier_dims(classifier_dims, n_latent)
         _check_layers(encoder_hidden_dims, decoder_layers)
         self.n_latent = n_latent
         self.null_label_prob = null_label_prob
@@ -204,24 +223,18 @@ class SCARKIDSModule(nn.Module):
             dropout=dropout,
         )
         self.prior_type = prior
-        if prior == "diffusion":
-            self.prior = DiffusionPrior(
-                n_latent,
-                n_labels,
-                n_steps=n_diffusion_steps,
-                beta_schedule=beta_schedule,
-                beta_min=beta_min,
-                beta_max=beta_max,
-                hidden_dim=noise_hidden_dim,
-                n_layers=noise_n_layers,
-                timestep_embed_dim=timestep_embed_dim,
-            )
-        elif prior == "gaussian":
-            self.prior = GaussianPrior(n_latent, n_labels)
-        elif prior == "mixture":
-            self.prior = MixturePrior(n_latent, n_labels)
-        else:
-            raise ValueError(f"prior must be 'diffusion', 'gaussian' or 'mixture', got {prior!r}")
+        self.prior = _make_prior(
+            prior,
+            n_latent,
+            n_labels,
+            n_steps=n_diffusion_steps,
+            beta_schedule=beta_schedule,
+            beta_min=beta_min,
+            beta_max=beta_max,
+            hidden_dim=noise_hidden_dim,
+            n_layers=noise_n_layers,
+            timestep_embed_dim=timestep_embed_dim,
+        )
         self.register_buffer("log_label_prior", self._log_prior(n_labels, label_prior_probs))
 
     @staticmethod
