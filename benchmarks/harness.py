@@ -359,10 +359,27 @@ def record_run(path: Path, row: dict, key: tuple[str, ...]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, row]))
 
 
+def drop_runs(path: Path, **match) -> None:
+    """Remove the rows whose fields equal every value of ``match`` (a rerun that replaces
+    all the rows of, say, one dataset and seed, some of which it may not write again)."""
+    if path.exists():
+        rows = [r for r in read_runs(path) if any(r.get(k) != v for k, v in match.items())]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def short_commit(provenance: dict) -> str:
     """A record's commit for a table: the short hash, ``+`` when package files differed."""
     commit = provenance["commit"]
     return commit.split(" ")[0] + ("+" if "uncommitted" in commit else "")
+
+
+def code_label(row: dict) -> str:
+    """A row's commit for a table (:func:`short_commit`); for a row migrated from a results
+    file that did not record its commit, the commit that last changed that file, said so."""
+    label = short_commit(row)
+    if "commit unknown" in (row.get("provenance") or ""):
+        label = f"unknown (file last changed in {label})"
+    return label
 
 
 def fmt(v, digits: int = 3) -> str:
