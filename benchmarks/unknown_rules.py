@@ -84,6 +84,9 @@ def main(argv=None) -> int:
     harness.table_option(parser)
     args = parser.parse_args(argv)
     if args.table:
+        if not RUNS.exists():
+            print(f"{RUNS} not found: no runs recorded yet")
+            return 0
         print(write_table().read_text())
         return 0
     files = sorted(Path(args.folder).glob("*.npz"))
