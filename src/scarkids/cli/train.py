@@ -30,7 +30,7 @@ from scarkids.cli.common import (
 from scarkids.cli.inputs import check_categories, read_training_file, read_validation_file
 from scarkids.cli.logs import epoch_line, log_validation_metrics
 from scarkids.config.load import config_hash, session_list
-from scarkids.constants import BEST_CHECKPOINT, LAST_CHECKPOINT
+from scarkids.constants import BEST_CHECKPOINT, DEFAULT_N_LABELS, LAST_CHECKPOINT
 from scarkids.data.preprocess import categories, fingerprint
 from scarkids.errors import CheckpointError, ConfigError, InputDataError
 from scarkids.model import checkpoint
@@ -461,7 +461,7 @@ def _check_cluster_count(cfg, adata, val_adata, base, source: str) -> None:
     if base is not None:
         n_clusters = base.registry.max_clusters or len(base.registry.label_categories)
     else:
-        n_clusters = cfg["global"]["n_cell_types"] or 10
+        n_clusters = cfg["global"]["n_cell_types"] or DEFAULT_N_LABELS
     n_cells = adata.n_obs + (val_adata.n_obs if val_adata is not None else 0)
     if n_cells < n_clusters:
         raise InputDataError(
@@ -477,7 +477,7 @@ def _new_model(cfg, adata):
     model = SCARKIDS(
         adata,
         n_latent=glob["latent_dim"],
-        n_labels=glob["n_cell_types"] or 10,
+        n_labels=glob["n_cell_types"] or DEFAULT_N_LABELS,
         cluster_factor=glob["cluster_factor"],
         seed=cfg["training"]["seed"],
         **module_kwargs(cfg),

@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from scarkids.constants import DEFAULT_N_LABELS
 from scarkids.data.backed import BackedCounts, ChunkedStore
 from scarkids.data.counts import select_columns
 from scarkids.data.registry import (
@@ -196,9 +197,9 @@ class SCARKIDS(
         adata,
         *,
         n_latent: int = 10,
-        n_labels: int = 10,
+        n_labels: int = DEFAULT_N_LABELS,
         cluster_factor: int = 2,
-        seed: int = 0,
+        seed: int = _TRAIN.seed,
         **module_kwargs,
     ):
         setup = self._setup_of(adata)
@@ -406,7 +407,7 @@ class SCARKIDS(
         batch_size: int | None = _TRAIN.batch_size,
         learning_rate: float | None = None,
         weight_decay: float = _TRAIN.weight_decay,
-        validation_fraction: float = 0.1,
+        validation_fraction: float = _TRAIN.validation_fraction,
         early_stopping: bool = _TRAIN.early_stopping,
         early_stopping_patience: int = _TRAIN.early_stopping_patience,
         kl_warmup_epochs: int = _TRAIN.kl_warmup_epochs,
@@ -416,16 +417,16 @@ class SCARKIDS(
         grad_clip_norm: float | None = _TRAIN.grad_clip_norm,
         mixed_precision: bool = _TRAIN.mixed_precision,
         supervised: bool | None = None,
-        freeze: Literal["new_batches", "decoder_batch", "none"] = "new_batches",
+        freeze: Literal["new_batches", "decoder_batch", "none"] = _TRAIN.freeze,
         freeze_from: int | None = None,
         nan_retries: int = _TRAIN.nan_retries,
         seed: int = _TRAIN.seed,
         device: str | torch.device = "auto",
-        progress_bar: bool = True,
-        name: str = "scARKIDS",
+        progress_bar: bool = _TRAIN.progress_bar,
+        name: str = _TRAIN.name,
         resume_state: TrainingState | None = None,
         on_epoch_end: EpochCallback | None = None,
-        chunk_cells: int = 8192,
+        chunk_cells: int = _TRAIN.chunk_cells,
     ) -> SCARKIDS:
         """Train on ``adata`` (default: the AnnData given at construction).
 

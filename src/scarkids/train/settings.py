@@ -157,7 +157,16 @@ class TrainingSettings:
     seed
         Seed of the clusterings and, in a distributed run, of the shared shuffling and each
         process's noise; :meth:`scarkids.SCARKIDS.train` also seeds torch and the validation
-        split with it.
+        split with it, and it is the default seed of the initial weights
+        (``SCARKIDS(seed=...)``) and of ``training.seed``.
+    validation_fraction
+        Share of the cells held out for validation when no separate validation cells are
+        given (``SCARKIDS.train(validation_fraction=...)``, ``data.val_fraction``).
+    freeze
+        What a later session that brings new batches trains (one of :data:`FREEZE_MODES`;
+        see :meth:`scarkids.SCARKIDS.train`).
+    chunk_cells
+        Cells read from disk at a time when the training counts are backed (on disk).
     progress_bar
         Show a progress bar of the epochs (on rank 0 only).
     name
@@ -201,6 +210,9 @@ class TrainingSettings:
     #: community of the latent (the model's ``cluster_factor``: components per cluster)
     components_per_community: int = 1
     seed: int = 0
+    validation_fraction: float = 0.1
+    freeze: str = "new_batches"
+    chunk_cells: int = 8192
     progress_bar: bool = True
     #: name shown in the progress bar and log lines
     name: str = "scARKIDS"
