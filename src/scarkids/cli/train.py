@@ -168,7 +168,7 @@ def _prepare_session(cfg: dict, *, name: str, config_path: str, banner: str | No
     """Check paths, read and check the data files, decide the epoch budget."""
     from scarkids.model.base import SCARKIDS
     from scarkids.train.device import resolve_device
-    from scarkids.train.settings import batch_and_rate
+    from scarkids.train.settings import training_budget
 
     glob, data, tr = cfg["global"], cfg["data"], cfg["training"]
     device = resolve_device(tr["device"])
@@ -213,12 +213,19 @@ def _prepare_session(cfg: dict, *, name: str, config_path: str, banner: str | No
     resume_hash = training_hash(cfg)
     if base is not None:  # a session resumes only on top of the same starting weights
         resume_hash = f"{resume_hash}+{_weights_digest(base)}"
-    batch_size, learning_rate = batch_and_rate(
-        tr["batch_size"], tr["learning_rate"], adata.n_obs, device.type
+    budget = training_budget(
+        tr["n_epochs"],
+        tr["batch_size"],
+        tr["learning_rate"],
+        adata.n_obs,
+        device.type,
+        wording="config",
     )
-    if tr["batch_size"] is None:  # automatic: a run resumes only at the size it began with
-        resume_hash = f"{resume_hash}+batch_size={batch_size}"
-        log.info("Batch size %d (automatic, %s)", batch_size, device.type)
+    if "batch_size" in budget.reasons:  # automatic: a run resumes only at the size it began with
+        resume_hash = f"{resume_hash}+batch_size={budget.batch_size}"
+        log.info("Batch size %d (%s)", budget.batch_size, budget.reasons["batch_size"])
+    if "max_epochs" in budget.reasons:
+        log.info("Epochs: %d (%s)", budget.max_epochs, budget.reasons["max_epochs"])
     return _Session(
         name=name,
         cfg=cfg,
@@ -232,9 +239,9 @@ def _prepare_session(cfg: dict, *, name: str, config_path: str, banner: str | No
         val_adata=val_adata,
         fingerprint=fingerprint(adata),
         resume_hash=resume_hash,
-        n_epochs=_epoch_budget(tr, adata.n_obs),
-        batch_size=batch_size,
-        learning_rate=learning_rate,
+        n_epochs=budget.max_epochs,
+        batch_size=budget.batch_size,
+        learning_rate=budget.learning_rate,
         scheduler=scheduler,
         mode=mode,
     )
@@ -258,23 +265,6 @@ def _log_data(cfg, train_path: str, adata, val_adata, n_file_genes: int, mode: s
             "Validation data: %.0f%% of the train cells (data.val_fraction)",
             100 * data["val_fraction"],
         )
-
-
-def _epoch_budget(tr: Mapping[str, Any], n_cells: int) -> int:
-    """``training.n_epochs``, or the automatic budget, said with its reason."""
-    from scarkids.train.state import CELL_PASSES, default_max_epochs
-
-    if tr["n_epochs"]:
-        return tr["n_epochs"]
-    n_epochs = default_max_epochs(n_cells)
-    log.info(
-        "Epochs: %d (automatic: about %.0e cell passes for %s cells, 20 to 400 epochs; set "
-        "training.n_epochs to choose)",
-        n_epochs,
-        CELL_PASSES,
-        f"{n_cells:,}",
-    )
-    return n_epochs
 
 
 def _build_or_resume(session: _Session, fresh: bool):

@@ -43,12 +43,11 @@ from scarkids.train.loop import (
 )
 from scarkids.train.memory import releasing_memory
 from scarkids.train.settings import (
-    CELL_PASSES,
     FREEZE_MODES,
     LR_SCHEDULERS,
+    TrainingBudget,
     TrainingSettings,
-    batch_and_rate,
-    default_max_epochs,
+    training_budget,
 )
 
 logger = logging.getLogger(__name__)
@@ -73,17 +72,15 @@ def _say(message: str, progress_bar: bool) -> None:
         tqdm.write(message)
 
 
-def _epoch_budget(max_epochs: int | None, n_cells: int, name: str, progress_bar: bool) -> int:
-    """``max_epochs``, or the automatic budget, said with its reason."""
-    if max_epochs is not None:
-        return max_epochs
-    max_epochs = default_max_epochs(n_cells)
-    _say(
-        f"{name}: {max_epochs} epochs (automatic: about {CELL_PASSES:.0e} cell passes "
-        f"for {n_cells:,} cells, 20 to 400; pass max_epochs to choose)",
-        progress_bar,
-    )
-    return max_epochs
+def _say_budget(budget: TrainingBudget, name: str, progress_bar: bool) -> None:
+    """The epochs and the batch size that were chosen automatically, each with its reason."""
+    if "max_epochs" in budget.reasons:
+        _say(f"{name}: {budget.max_epochs} epochs ({budget.reasons['max_epochs']})", progress_bar)
+    if "batch_size" in budget.reasons:
+        _say(
+            f"{name}: batch size {budget.batch_size} ({budget.reasons['batch_size']})",
+            progress_bar,
+        )
 
 
 def _check_train_arguments(lr_scheduler, freeze, batch_size) -> None:
@@ -133,17 +130,6 @@ def _keep_cluster_numbers(new: list[list[str]], old: list[list[str]] | None) -> 
     rest = iter(g for i, g in enumerate(new) if i not in place)
     out = [g if g is not None else next(rest, None) for g in slots]
     return [g for g in out if g is not None] + list(rest)
-
-
-def _batch_and_rate(
-    batch_size: int | None, learning_rate: float | None, n_cells: int, device, name, progress_bar
-) -> tuple[int, float]:
-    """:func:`batch_and_rate` for ``device``, the automatic batch size said."""
-    automatic = batch_size is None
-    batch_size, learning_rate = batch_and_rate(batch_size, learning_rate, n_cells, device.type)
-    if automatic:
-        _say(f"{name}: batch size {batch_size} (automatic, {device.type})", progress_bar)
-    return batch_size, learning_rate
 
 
 #: the defaults of :meth:`SCARKIDS.train` (one source: :class:`TrainingSettings`)
@@ -456,7 +442,8 @@ class SCARKIDS(
         ----------
         max_epochs
             Epochs to train (in total, counting those of ``resume_state``). ``None`` uses
-            :func:`default_max_epochs`: about 5e5 cell passes over ``adata``, 20 to 400 epochs.
+            :func:`~scarkids.train.default_max_epochs`: about 5e5 cell passes over
+            ``adata``, 20 to 400 epochs.
         adata
             AnnData set up with :meth:`setup_anndata` (raw counts), in memory or backed;
             ``None`` uses the AnnData given at construction.
@@ -550,14 +537,14 @@ class SCARKIDS(
         data = self._training_data(
             adata, validation_adata, supervised, validation_fraction, seed, chunk_cells
         )
-        max_epochs = _epoch_budget(max_epochs, adata.n_obs, name, progress_bar)
-        batch_size, learning_rate = _batch_and_rate(
-            batch_size, learning_rate, adata.n_obs, self.device, name, progress_bar
+        budget = training_budget(
+            max_epochs, batch_size, learning_rate, adata.n_obs, self.device.type
         )
+        _say_budget(budget, name, progress_bar)
         settings = TrainingSettings(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
+            max_epochs=budget.max_epochs,
+            batch_size=budget.batch_size,
+            learning_rate=budget.learning_rate,
             weight_decay=weight_decay,
             grad_clip_norm=grad_clip_norm,
             mixed_precision=mixed_precision,

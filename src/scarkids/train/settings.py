@@ -4,7 +4,7 @@ and the command line's ``--help`` read them without loading torch)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def default_learning_rate(batch_size: int) -> float:
@@ -52,19 +52,6 @@ def default_batch_size(n_cells: int, device_type: str = "cpu") -> int:
     return batch
 
 
-def batch_and_rate(
-    batch_size: int | None, learning_rate: float | None, n_cells: int, device_type: str
-) -> tuple[int, float]:
-    """The batch size (:func:`default_batch_size` when ``None``) and the learning rate
-    (:func:`default_learning_rate` of that batch size when ``None``) of a training run."""
-    if batch_size is None:
-        batch_size = default_batch_size(n_cells, device_type)
-    batch_size = int(batch_size)
-    if learning_rate is None:
-        learning_rate = default_learning_rate(batch_size)
-    return batch_size, learning_rate
-
-
 #: learning-rate schedules after the warm-up (``None``: constant)
 LR_SCHEDULERS = ("cosine", "step")
 #: what a later session that brings new batches trains (see :meth:`scarkids.SCARKIDS.train`)
@@ -72,11 +59,103 @@ FREEZE_MODES = ("new_batches", "decoder_batch", "none")
 
 #: cell passes of the automatic epoch budget (:func:`default_max_epochs`)
 CELL_PASSES = 5e5
+#: the fewest and the most epochs of the automatic budget
+AUTO_EPOCHS = (20, 400)
 
 
 def default_max_epochs(n_cells: int) -> int:
     """Epochs when none are given: about 5e5 cell-passes (~4k steps of 128), 20 to 400."""
-    return int(min(max(round(CELL_PASSES / max(n_cells, 1)), 20), 400))
+    low, high = AUTO_EPOCHS
+    return int(min(max(round(CELL_PASSES / max(n_cells, 1)), low), high))
+
+
+#: how a reason tells the user to choose the epochs, in the words of the Python API
+#: (``max_epochs=``) or of the config file (``training.n_epochs``)
+_CHOOSE_EPOCHS = {
+    "api": "{low} to {high}; pass max_epochs to choose",
+    "config": "{low} to {high} epochs; set training.n_epochs to choose",
+}
+
+
+@dataclass(frozen=True)
+class TrainingBudget:
+    """The epochs, batch size and learning rate of a training run, and why the automatic ones
+    were chosen (see :func:`training_budget`).
+
+    Parameters
+    ----------
+    max_epochs
+        Epochs to train.
+    batch_size
+        Cells per optimisation step.
+    learning_rate
+        AdamW learning rate.
+    reasons
+        For each value chosen automatically (``"max_epochs"``, ``"batch_size"``), the words
+        the log prints in parentheses after it; a value that was given has none.
+    """
+
+    max_epochs: int
+    batch_size: int
+    learning_rate: float
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+def training_budget(
+    max_epochs: int | None,
+    batch_size: int | None,
+    learning_rate: float | None,
+    n_cells: int,
+    device_type: str,
+    *,
+    wording: str = "api",
+) -> TrainingBudget:
+    """The one place that fills in the epochs, batch size and learning rate of a run, for
+    :meth:`scarkids.SCARKIDS.train` and the ``train`` command alike.
+
+    ``None`` means automatic: :func:`default_max_epochs` of ``n_cells``,
+    :func:`default_batch_size` for the device, and :func:`default_learning_rate` of the batch
+    size (the learning rate gets no reason: the log prints it with every run).
+
+    Parameters
+    ----------
+    max_epochs
+        Epochs, or ``None``.
+    batch_size
+        Cells per step, or ``None``.
+    learning_rate
+        Learning rate, or ``None``.
+    n_cells
+        Cells of the training AnnData (validation cells included).
+    device_type
+        ``"cpu"``, ``"cuda"`` or another torch device type.
+    wording
+        How the reasons name the settings: ``"api"`` (``max_epochs``) or ``"config"``
+        (``training.n_epochs``).
+
+    Returns
+    -------
+    TrainingBudget
+        The values and the reasons of the automatic ones, for example for the epochs
+        ``"automatic: about 5e+05 cell passes for 13,000 cells, 20 to 400 epochs; set
+        training.n_epochs to choose"``.
+    """
+    choose = _CHOOSE_EPOCHS[wording]
+    reasons = {}
+    if max_epochs is None:
+        max_epochs = default_max_epochs(n_cells)
+        low, high = AUTO_EPOCHS
+        reasons["max_epochs"] = (
+            f"automatic: about {CELL_PASSES:.0e} cell passes for {n_cells:,} cells, "
+            + choose.format(low=low, high=high)
+        )
+    if batch_size is None:
+        batch_size = default_batch_size(n_cells, device_type)
+        reasons["batch_size"] = f"automatic, {device_type}"
+    batch_size = int(batch_size)
+    if learning_rate is None:
+        learning_rate = default_learning_rate(batch_size)
+    return TrainingBudget(max_epochs, batch_size, learning_rate, reasons)
 
 
 @dataclass
