@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 def default_learning_rate(batch_size: int) -> float:
     """AdamW learning rate when none is given: 1e-3 at batch 128, scaled by
-    ``sqrt(batch_size / 128)`` (larger GPU batches take fewer, less noisy steps; on kang at
-    batch 1024 the scaled rate reaches scVI's quality and 1e-3 does not:
-    benchmarks/batch_size_quality.py)."""
+    ``sqrt(batch_size / 128)``: larger GPU batches take fewer, less noisy steps, and a fixed
+    1e-3 loses integration quality there (measured by ``benchmarks/batch_size_quality.py``;
+    docs/benchmarks/speed.md, "Batch size and quality")."""
     return 1e-3 * math.sqrt(batch_size / 128)
 
 
@@ -196,9 +196,9 @@ class TrainingSettings:
     early_stopping
         Stop when the validation loss (the training loss without validation cells) has not
         improved for ``early_stopping_patience`` epochs, and end with the best epoch's
-        weights. Off by default: integration keeps improving after the validation ELBO has
-        turned (on panc8, 400 epochs: scIB total 0.844 for the last epoch vs 0.706 for the
-        best-ELBO one), so the last epoch's weights are kept.
+        weights. Off by default: integration, as ``benchmarks/integration.py`` scores it,
+        keeps improving after the validation ELBO has turned, so the last epoch's weights
+        are kept.
     early_stopping_patience
         Epochs without improvement before stopping; training stops only once the KL warm-up
         (and, unsupervised, the cluster pre-training) is over.
@@ -263,8 +263,7 @@ class TrainingSettings:
     lr_warmup_epochs: int = 0
     lr_scheduler: str | None = None
     classification_weight: float = 50.0
-    #: off by default: integration keeps improving after the validation ELBO has turned (on
-    #: panc8, 400 epochs: scIB total 0.844 for the last epoch vs 0.706 for the best-ELBO one)
+    #: off by default: integration keeps improving after the validation ELBO has turned
     early_stopping: bool = False
     early_stopping_patience: int = 20
     nan_retries: int = 2
