@@ -356,9 +356,9 @@ def test_the_automatic_epoch_budget_is_said(monkeypatch, caplog, capsys):
     """train() without max_epochs says how many epochs it chose and why."""
     import logging
 
-    import scarkids.model.base as base
+    import scarkids.train.settings as settings
 
-    monkeypatch.setattr(base, "default_max_epochs", lambda n: 2)
+    monkeypatch.setattr(settings, "default_max_epochs", lambda n: 2)
     adata = scarkids.datasets.simulate(120, 30, n_batches=2, n_cell_types=2, seed=0)
     SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
     with caplog.at_level(logging.INFO, logger="scarkids"):

@@ -14,6 +14,7 @@ import torch
 from scarkids.compute import distributed
 from scarkids.compute.device import resolve_device
 from scarkids.compute.memory import releasing_memory
+from scarkids.constants import DEFAULT_N_LABELS
 from scarkids.data.backed import BackedCounts, ChunkedStore
 from scarkids.data.counts import select_columns
 from scarkids.data.registry import (
@@ -43,12 +44,11 @@ from scarkids.train.loop import (
     train_module,
 )
 from scarkids.train.settings import (
-    CELL_PASSES,
     FREEZE_MODES,
     LR_SCHEDULERS,
+    TrainingBudget,
     TrainingSettings,
-    batch_and_rate,
-    default_max_epochs,
+    training_budget,
 )
 
 logger = logging.getLogger(__name__)
@@ -73,17 +73,15 @@ def _say(message: str, progress_bar: bool) -> None:
         tqdm.write(message)
 
 
-def _epoch_budget(max_epochs: int | None, n_cells: int, name: str, progress_bar: bool) -> int:
-    """``max_epochs``, or the automatic budget, said with its reason."""
-    if max_epochs is not None:
-        return max_epochs
-    max_epochs = default_max_epochs(n_cells)
-    _say(
-        f"{name}: {max_epochs} epochs (automatic: about {CELL_PASSES:.0e} cell passes "
-        f"for {n_cells:,} cells, 20 to 400; pass max_epochs to choose)",
-        progress_bar,
-    )
-    return max_epochs
+def _say_budget(budget: TrainingBudget, name: str, progress_bar: bool) -> None:
+    """The epochs and the batch size that were chosen automatically, each with its reason."""
+    if "max_epochs" in budget.reasons:
+        _say(f"{name}: {budget.max_epochs} epochs ({budget.reasons['max_epochs']})", progress_bar)
+    if "batch_size" in budget.reasons:
+        _say(
+            f"{name}: batch size {budget.batch_size} ({budget.reasons['batch_size']})",
+            progress_bar,
+        )
 
 
 def _check_train_arguments(lr_scheduler, freeze, batch_size) -> None:
@@ -106,17 +104,6 @@ def _check_train_arguments(lr_scheduler, freeze, batch_size) -> None:
         raise InputDataError(
             f"batch_size must be an integer of at least 2 (or None: automatic), got {batch_size!r}"
         )
-
-
-def _batch_and_rate(
-    batch_size: int | None, learning_rate: float | None, n_cells: int, device, name, progress_bar
-) -> tuple[int, float]:
-    """:func:`batch_and_rate` for ``device``, the automatic batch size said."""
-    automatic = batch_size is None
-    batch_size, learning_rate = batch_and_rate(batch_size, learning_rate, n_cells, device.type)
-    if automatic:
-        _say(f"{name}: batch size {batch_size} (automatic, {device.type})", progress_bar)
-    return batch_size, learning_rate
 
 
 #: the defaults of :meth:`SCARKIDS.train` (one source: :class:`TrainingSettings`)
@@ -170,9 +157,9 @@ class SCARKIDS(
         adata,
         *,
         n_latent: int = 10,
-        n_labels: int = 10,
+        n_labels: int = DEFAULT_N_LABELS,
         cluster_factor: int = 2,
-        seed: int = 0,
+        seed: int = _TRAIN.seed,
         **module_kwargs,
     ):
         setup = self._setup_of(adata)
@@ -379,7 +366,7 @@ class SCARKIDS(
         batch_size: int | None = _TRAIN.batch_size,
         learning_rate: float | None = None,
         weight_decay: float = _TRAIN.weight_decay,
-        validation_fraction: float = 0.1,
+        validation_fraction: float = _TRAIN.validation_fraction,
         early_stopping: bool = _TRAIN.early_stopping,
         early_stopping_patience: int = _TRAIN.early_stopping_patience,
         kl_warmup_epochs: int = _TRAIN.kl_warmup_epochs,
@@ -389,16 +376,16 @@ class SCARKIDS(
         grad_clip_norm: float | None = _TRAIN.grad_clip_norm,
         mixed_precision: bool = _TRAIN.mixed_precision,
         supervised: bool | None = None,
-        freeze: Literal["new_batches", "decoder_batch", "none"] = "new_batches",
+        freeze: Literal["new_batches", "decoder_batch", "none"] = _TRAIN.freeze,
         freeze_from: int | None = None,
         nan_retries: int = _TRAIN.nan_retries,
         seed: int = _TRAIN.seed,
         device: str | torch.device = "auto",
-        progress_bar: bool = True,
-        name: str = "scARKIDS",
+        progress_bar: bool = _TRAIN.progress_bar,
+        name: str = _TRAIN.name,
         resume_state: TrainingState | None = None,
         on_epoch_end: EpochCallback | None = None,
-        chunk_cells: int = 8192,
+        chunk_cells: int = _TRAIN.chunk_cells,
     ) -> SCARKIDS:
         """Train on ``adata`` (default: the AnnData given at construction).
 
@@ -428,7 +415,8 @@ class SCARKIDS(
         ----------
         max_epochs
             Epochs to train (in total, counting those of ``resume_state``). ``None`` uses
-            :func:`default_max_epochs`: about 5e5 cell passes over ``adata``, 20 to 400 epochs.
+            :func:`~scarkids.train.default_max_epochs`: about 5e5 cell passes over
+            ``adata``, 20 to 400 epochs.
         adata
             AnnData set up with :meth:`setup_anndata` (raw counts), in memory or backed;
             ``None`` uses the AnnData given at construction.
@@ -522,14 +510,14 @@ class SCARKIDS(
         data = self._training_data(
             adata, validation_adata, supervised, validation_fraction, seed, chunk_cells
         )
-        max_epochs = _epoch_budget(max_epochs, adata.n_obs, name, progress_bar)
-        batch_size, learning_rate = _batch_and_rate(
-            batch_size, learning_rate, adata.n_obs, self.device, name, progress_bar
+        budget = training_budget(
+            max_epochs, batch_size, learning_rate, adata.n_obs, self.device.type
         )
+        _say_budget(budget, name, progress_bar)
         settings = TrainingSettings(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
+            max_epochs=budget.max_epochs,
+            batch_size=budget.batch_size,
+            learning_rate=budget.learning_rate,
             weight_decay=weight_decay,
             grad_clip_norm=grad_clip_norm,
             mixed_precision=mixed_precision,
