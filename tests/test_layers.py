@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "datasets": {"data"},
     "train": {"compute", "errors", "labels", "module"},
     "pl": {"data", "errors"},  # draws what it is given: a model's history and outputs
-    "config": {"errors", "train"},  # training defaults from train.settings
+    "config": {"constants", "errors", "train"},  # training defaults from train.settings
     "metrics": {"constants", "errors", "pl"},
     "evaluation": {"metrics"},
     "model": {
