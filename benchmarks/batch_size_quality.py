@@ -7,15 +7,19 @@ Same preprocessing and scoring as benchmarks/integration.py. scARKIDS unsupervis
 peer) trains once per batch size with the default epoch budget, at the default learning
 rate (1e-3) and at the learning rate scaled by sqrt(batch / 128) (the usual rule for Adam).
 Larger batches mean fewer optimizer steps per epoch; on a GPU they are what makes an epoch
-fast (benchmarks/README.md). Writes benchmarks/results/batch_size_quality_<dataset>.md.
+fast (benchmarks/README.md).
 
 ``--simulate N``: instead of a dataset, N simulated cells x 2000 genes, 20 batches, 30 cell
 types of which 3 rare (0.5% of the cells each), and ``auto`` in ``--batch_sizes`` is the
 batch size that ``default_batch_size`` picks for N cells on a GPU (trained here on the CPU:
 the same optimisation, slower). Each batch size trains once at the default (scaled)
 learning rate; scores: the same-batch and same-type fractions of the 15 nearest neighbours
-on all cells, and the scIB Total on a 20,000-cell subsample. Writes
-benchmarks/results/batch_size_quality_simulated_<N>.md.
+on all cells, and the scIB Total on a 20,000-cell subsample.
+
+Every (dataset, seed, batch size, learning rate) is a row of
+``benchmarks/results/batch_size_quality/runs.jsonl`` (a rerun replaces its row), and
+``benchmarks/results/batch_size_quality.md`` is rebuilt from all rows, one table per
+dataset (``--table`` only rebuilds it).
 """
 
 from __future__ import annotations
@@ -23,12 +27,16 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from pathlib import Path
 
+import harness
 import numpy as np
-import pandas as pd
-from harness import N_LATENT, RESULTS, dataset_arguments, git_state, open_dataset, score
+from harness import N_LATENT, dataset_arguments, open_dataset, score
 
 N_SIM_BATCHES, N_SIM_TYPES, N_RARE, RARE_SHARE, SCIB_CELLS = 20, 30, 3, 0.005, 20_000
+RUNS = harness.runs_file("batch_size_quality")
+TABLE = harness.RESULTS / "batch_size_quality.md"
+KEY = ("dataset", "seed", "batch_size", "learning_rate")
 
 
 def simulated(n_cells: int, seed: int):
@@ -84,7 +92,10 @@ def simulate_main(args) -> None:
         adata.n_obs, min(SCIB_CELLS, adata.n_obs), replace=False
     )
     keep[pick] = True
-    rows = []
+    types = adata.obs["cell_type"].value_counts()
+    facts = dict(dataset=f"simulated {n}", seed=args.seed, n_obs=adata.n_obs, n_vars=2000,
+                 rarest=int(types.min()), threads=args.threads)  # fmt: skip
+    prov = harness.provenance(args.threads)
     for spec in args.batch_sizes.split(","):
         batch_size = default_batch_size(adata.n_obs, "cuda") if spec == "auto" else int(spec)
         b = adata.copy()
@@ -94,36 +105,66 @@ def simulate_main(args) -> None:
         model.train(batch_size=batch_size, seed=args.seed, progress_bar=False, device="cpu")
         train_s = time.perf_counter() - t
         z = model.get_latent_representation()
-        row = {"batch size": f"{batch_size}" + (" (auto, GPU)" if spec == "auto" else "")}
+        row = dict(facts, batch_size=batch_size, auto=spec == "auto", learning_rate=None)
         row.update(neighbour_fractions(z, adata))
         total = float(score(adata[keep].copy(), {"m": z[keep]}, args.seed).loc["m", "Total"])
-        row.update({
-            "scIB Total (20k cells)": round(total, 4),
-            "epochs": len(model.history["train_loss"]), "train s (CPU)": round(train_s),
-        })  # fmt: skip
-        rows.append(row)
+        row.update({"total": total, "epochs": len(model.history["train_loss"]),
+                    "train_s": train_s})  # fmt: skip
+        harness.record_run(RUNS, {**row, **prov}, KEY)
         print(row, flush=True)
-    types = adata.obs["cell_type"].value_counts()
-    command = (
-        f"--simulate {n} --batch_sizes {args.batch_sizes}` ({adata.n_obs:,} simulated cells x "
-        f"2000 genes, {N_SIM_BATCHES} batches, {N_SIM_TYPES} types, the rarest {types.min()} "
-        f"cells; scARKIDS unsupervised, default epochs and learning rate; {args.threads} CPU "
-        "threads)"
-    )
-    write_result(rows, command, f"batch_size_quality_simulated_{n}.md")
+    print(write_table().read_text())
 
 
-def write_result(rows: list[dict], command: str, name: str) -> None:
-    """Print and write the table of ``rows`` under its command line (the part after the
-    script's name)."""
-    table = pd.DataFrame(rows).to_markdown(index=False)
-    text = (
-        f"Command: `python benchmarks/batch_size_quality.py {command}  \n"
-        f"Code: {git_state()}\n\n{table}\n"
-    )
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / name).write_text(text)
+def simulated_lines(rows: list[dict]) -> list[str]:
+    r = rows[0]
+    lines = [f"{r['n_obs']:,} simulated cells x {r['n_vars']} genes, {N_SIM_BATCHES} batches, "
+             f"{N_SIM_TYPES} types, the rarest {r['rarest']} cells; scARKIDS unsupervised, "
+             f"default epochs and learning rate; {r['threads']} CPU threads.", ""]  # fmt: skip
+    head = ["batch size", "same batch", "same type", "scIB Total (20k cells)", "epochs"]
+    body = [
+        [f"{r['batch_size']}" + (" (auto, GPU)" if r.get("auto") else ""),
+         f"{r['same batch']:.4f}", f"{r['same type']:.4f}", f"{r['total']:.4f}",
+         str(r["epochs"]), f"{r['train_s']:.0f}", harness.code_label(r)]
+        for r in rows
+    ]  # fmt: skip
+    return lines + harness.md_table([*head, "train s (CPU)", "commit"], body)
+
+
+def dataset_lines(rows: list[dict]) -> list[str]:
+    r = rows[0]
+    lines = [f"{r['n_obs']:,} cells, {r['n_vars']} HVGs, {r['threads']} CPU threads.", ""]
+    head = ["batch size", "learning rate", "epochs", "optimizer steps", "train s (CPU)"]
+    body = [
+        [str(r["batch_size"]), f"{r['learning_rate']:.2g}", str(r["epochs"]), str(r["steps"]),
+         f"{r['train_s']:.0f}", f"{r['total']:.3f}", harness.code_label(r)]
+        for r in rows
+    ]  # fmt: skip
+    return lines + harness.md_table([*head, "scIB Total", "commit"], body)
+
+
+def write_table() -> Path:
+    """batch_size_quality.md: one table per dataset (and seed) from every recorded row."""
+    rows = harness.read_runs(RUNS)
+    lines = [
+        "# Integration quality against batch size (`python benchmarks/batch_size_quality.py`)",
+        "",
+        "scARKIDS unsupervised, the default epoch budget at each batch size; scIB Total as "
+        "integration.py scores it (datasets), or the same-batch and same-type shares of the "
+        "15 nearest neighbours and the Total on 20,000 cells (simulated).",
+    ]
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        for seed in sorted({r["seed"] for r in rows if r["dataset"] == name}):
+            got = [r for r in rows if (r["dataset"], r["seed"]) == (name, seed)]
+            build = simulated_lines if name.startswith("simulated") else dataset_lines
+            lines += [
+                "",
+                f"## {name}, seed {seed}",
+                "",
+                *build(got),
+                "",
+                *harness.runs_section(got),
+            ]
+    return harness.write_table(TABLE, lines)
 
 
 def main() -> None:
@@ -133,7 +174,11 @@ def main() -> None:
     dataset_arguments(p)
     p.add_argument("--batch_sizes", default="128,1024,4096")
     p.add_argument("--simulate", type=int, help="simulated cells instead of --dataset")
+    harness.table_option(p)
     args = p.parse_args()
+    if args.table:
+        print(write_table().read_text())
+        return
     if args.simulate:
         simulate_main(args)
         return
@@ -143,7 +188,9 @@ def main() -> None:
     from scarkids import SCARKIDS
 
     n_labels = adata.obs["cell_type"].nunique()
-    rows = []
+    prov = harness.provenance(args.threads)
+    facts = dict(dataset=args.dataset, seed=args.seed, n_obs=adata.n_obs, n_vars=adata.n_vars,
+                 threads=args.threads)  # fmt: skip
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
         scales = [1.0] if batch_size == 128 else [1.0, math.sqrt(batch_size / 128)]
         for lr_scale in scales:
@@ -162,17 +209,11 @@ def main() -> None:
             total = float(score(adata, {"m": z}, args.seed).loc["m", "Total"])
             epochs = len(model.history["train_loss"])
             steps = epochs * math.ceil(0.9 * adata.n_obs / batch_size)
-            rows.append({
-                "batch size": batch_size, "learning rate": f"{1e-3 * lr_scale:.2g}",
-                "epochs": epochs, "optimizer steps": steps, "train s (CPU)": round(train_s),
-                "scIB Total": round(total, 3),
-            })  # fmt: skip
-            print(rows[-1], flush=True)
-    command = (
-        f"--dataset {args.dataset} --batch_sizes {args.batch_sizes}` ({adata.n_obs:,} cells, "
-        f"{adata.n_vars} HVGs, {args.threads} CPU threads)"
-    )
-    write_result(rows, command, f"batch_size_quality_{args.dataset}.md")
+            row = dict(facts, batch_size=batch_size, learning_rate=1e-3 * lr_scale,
+                       epochs=epochs, steps=steps, train_s=train_s, total=total)  # fmt: skip
+            harness.record_run(RUNS, {**row, **prov}, KEY)
+            print(row, flush=True)
+    print(write_table().read_text())
 
 
 if __name__ == "__main__":

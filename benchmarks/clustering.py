@@ -32,12 +32,13 @@ from harness import (
     DATA_DIR,
     DATASETS,
     RESULTS,
-    git_state,
     load_dataset,
     log,
+    provenance,
     read_runs,
     record_run,
     train_scvi,
+    write_table,
 )
 
 ALL = {**DATASETS, "kang_all": "kang_ifnb_all.h5ad"}
@@ -125,7 +126,8 @@ def run_dataset(
         scored = truth_all != UNLABELLED
         truth, batch = truth_all[scored], adata.obs["batch"].astype(str).to_numpy()[scored]
         n_types = len(np.unique(truth))
-        common = {"dataset": name, "seed": seed, "n_types": n_types, "code": git_state()}
+        common = {"dataset": name, "seed": seed, "n_types": n_types}
+        common.update(provenance(threads))
         for factor in k_factors:
             if "scARKIDS" in methods:
                 t = time.perf_counter()
@@ -155,7 +157,7 @@ def run_dataset(
             log(f"{name} seed {seed}: scVI peers done")
 
 
-def write_table() -> Path:
+def write_tables() -> Path:
     df = pd.DataFrame(read_runs(RUNS))
     cols = ["hungarian_accuracy", "majority_accuracy", "ARI", "NMI", "clusters_used", "NMI_batch"]
     lines = [
@@ -190,9 +192,7 @@ def write_table() -> Path:
             + " | ".join(cells)
             + " |"
         )
-    out = RESULTS / "clustering.md"
-    out.write_text("\n".join(lines) + "\n")
-    return out
+    return write_table(RESULTS / "clustering.md", lines)
 
 
 def main(argv=None) -> int:
@@ -220,7 +220,7 @@ def main(argv=None) -> int:
                 args.cluster_factor,
             )
     if RUNS.exists():
-        print(write_table().read_text())
+        print(write_tables().read_text())
     return 0
 
 

@@ -44,16 +44,17 @@ from harness import (
     DATA_DIR,
     DATASETS,
     RESULTS,
-    git_state,
     hide_labels,
     load_dataset,
     log,
     part_parser,
+    provenance,
     read_runs,
     ready_to_run,
     record_run,
     train_scarkids,
     train_scvi,
+    write_table,
 )
 
 RUNS = RESULTS / "corrected_expression" / "runs.jsonl"
@@ -192,7 +193,7 @@ def scores(before: dict, after: dict, own: dict) -> dict:
     return row
 
 
-def write_table() -> Path:
+def write_tables() -> Path:
     df = pd.DataFrame(read_runs(RUNS))
     cols = [
         "batch share uncorrected",
@@ -243,9 +244,7 @@ def write_table() -> Path:
         ]
         for method, g in df[df["dataset"] == "kang"].groupby("method"):
             lines.append(f"| {method} | " + " | ".join(cell(g[c]) for c in isg) + " |")
-    out = RESULTS / "corrected_expression.md"
-    out.write_text("\n".join(lines) + "\n")
-    return out
+    return write_table(RESULTS / "corrected_expression.md", lines)
 
 
 def main(argv=None) -> int:
@@ -267,11 +266,11 @@ def main(argv=None) -> int:
                 row["train_s"] = time.perf_counter() - t
                 own = summary(own, adata, name, full=False)
                 row.update(scores(before, summary(after, adata, name), own))
-                row["code"] = git_state()
+                row.update(provenance(args.threads))
                 record_run(RUNS, row, KEY)
                 log(f"  {row}")
     if RUNS.exists():
-        print(write_table().read_text())
+        print(write_tables().read_text())
     return 0
 
 

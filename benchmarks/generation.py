@@ -22,8 +22,8 @@ decoder, codes from N(0, I)), ``train-codes`` (the same decoder at the codes of 
 training cells, subsampled to the same counts per type and batch: what the decoder can do
 with a perfect prior) and ``real-train`` (those real training cells: the ceiling). Runs are appended to
 ``benchmarks/results/generation/runs.jsonl``; ``benchmarks/results/generation.md`` is
-rebuilt from all runs, and ``generation_<dataset>.png`` shows a UMAP of real and generated
-cells coloured by source and by type.
+rebuilt from all runs (``--table`` only rebuilds it), and ``generation/<dataset>.png`` shows
+a UMAP of real and generated cells coloured by source and by type.
 
 ``--variant gene-batch|nb|latent20`` trains the model with another decoder design (a
 dispersion per gene and batch, a negative binomial without zero inflation, 20 latent
@@ -41,13 +41,14 @@ from harness import (
     DATA_DIR,
     DATASETS,
     RESULTS,
-    git_state,
     load_dataset,
     log,
     part_parser,
+    provenance,
     read_runs,
     ready_to_run,
     record_run,
+    write_table,
 )
 
 RUNS = RESULTS / "generation" / "runs.jsonl"
@@ -156,6 +157,8 @@ VARIANTS = {
 
 
 def run_dataset(name: str, seed: int, variant: str | None = None) -> list[dict]:
+    import torch
+
     from scarkids import SCARKIDS
 
     adata = load_dataset(DATA_DIR / DATASETS[name], seed)
@@ -206,7 +209,8 @@ def run_dataset(name: str, seed: int, variant: str | None = None) -> list[dict]:
         real_side = source in ("real-train", "train-codes")
         types = train_types[np.asarray(pick)] if real_side else gen_types
         label = f"{name} [{variant}]" if variant else name
-        row = {"dataset": label, "source": source, "seed": seed, "code": git_state()}
+        row = {"dataset": label, "source": source, "seed": seed}
+        row.update(provenance(torch.get_num_threads()))
         row.update(compare(real_x, real_types, x, types, train_lx, train_types, seed))
         if source == "diffusion":
             row.update({"train_s": train_s, "generate_s": gen_s})
@@ -234,10 +238,11 @@ def plot(name: str, test, gen) -> None:
     sc.pp.neighbors(both, random_state=0)
     sc.tl.umap(both, random_state=0)
     fig = sc.pl.umap(both, color=["source", "cell_type"], wspace=0.45, return_fig=True, show=False)
-    fig.savefig(RESULTS / f"generation_{name}.png", dpi=110, bbox_inches="tight")
+    (RESULTS / "generation").mkdir(parents=True, exist_ok=True)
+    fig.savefig(RESULTS / "generation" / f"{name}.png", dpi=110, bbox_inches="tight")
 
 
-def write_table() -> Path:
+def write_tables() -> Path:
     df = pd.DataFrame(read_runs(RUNS))
     cols = [
         "mean Spearman",
@@ -267,9 +272,7 @@ def write_table() -> Path:
         digits = {"n cells": 0, "MMD": 4}
         vals = " | ".join(f"{g[c].mean():.{digits.get(c, 3)}f}" for c in cols)
         lines.append(f"| {ds} | {source} | {len(g)} | {vals} |")
-    out = RESULTS / "generation.md"
-    out.write_text("\n".join(lines) + "\n")
-    return out
+    return write_table(RESULTS / "generation.md", lines)
 
 
 def main(argv=None) -> int:
@@ -282,7 +285,7 @@ def main(argv=None) -> int:
             for row in run_dataset(name, args.seed, args.variant):
                 record_run(RUNS, row, KEY)
     if RUNS.exists():
-        print(write_table().read_text())
+        print(write_tables().read_text())
     return 0
 
 

@@ -210,10 +210,17 @@ def scanvi_mapping(
 
 # ------------------------------------------------------------------- scARKIDS
 def train_scarkids(
-    adata, labels_key: str | None, n_labels: int, seed: int, quick: bool, **model_kwargs
+    adata,
+    labels_key: str | None,
+    n_labels: int,
+    seed: int,
+    quick: bool,
+    train_kwargs: dict | None = None,
+    **model_kwargs,
 ):
     """scARKIDS on a copy of ``adata`` at its defaults (``model_kwargs``, e.g. ``prior``, go
-    to the model); returns ``(model, the copy it was set up on)``."""
+    to the model, ``train_kwargs``, e.g. ``classification_weight``, to ``train``); returns
+    ``(model, the copy it was set up on)``."""
     from scarkids import SCARKIDS
 
     a = adata.copy()  # the setup lives in a.uns: one copy per model
@@ -221,7 +228,12 @@ def train_scarkids(
         a, batch_key="batch", labels_key=labels_key, layer="counts", unlabeled_category=UNKNOWN
     )
     model = SCARKIDS(a, n_latent=N_LATENT, n_labels=n_labels, seed=seed, **model_kwargs)
-    model.train(max_epochs=QUICK_EPOCHS if quick else None, seed=seed, progress_bar=False)
+    model.train(
+        max_epochs=QUICK_EPOCHS if quick else None,
+        seed=seed,
+        progress_bar=False,
+        **(train_kwargs or {}),
+    )
     return model, a
 
 
@@ -276,9 +288,9 @@ def git_state() -> str:
     return commit + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
 
 
-def machine(threads: int | None = 2) -> str:
+def machine(threads: int | None = 2, device: str = "cpu") -> str:
     """The CPU and its cores, and ``threads``, torch's CPU threads (2 by default, as
-    ``integration.py`` sets them; None leaves them out)."""
+    ``integration.py`` sets them; None leaves them out); with ``device="cuda"``, the GPU."""
     cpu = platform.processor() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -289,16 +301,22 @@ def machine(threads: int | None = 2) -> str:
         pass
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch_threads = "" if threads is None else f", torch threads {threads}"
-    return f"{n} CPU cores ({cpu}){torch_threads}, no GPU used"
+    gpu = "no GPU used"
+    if device.startswith("cuda"):
+        import torch
+
+        gpu = f"GPU {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    return f"{n} CPU cores ({cpu}){torch_threads}, {gpu}"
 
 
-def provenance(threads: int | None = None) -> dict:
-    """Commit, command line, versions, machine and time of this run: one record's header."""
+def provenance(threads: int | None = None, device: str = "cpu") -> dict:
+    """Commit, command line, versions, machine and time of this run: the fields every
+    recorded row carries (``row.update(provenance(...))``)."""
     return {
         "commit": git_state(),
         "command": "python " + shlex.join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
         "versions": versions(),
-        "machine": machine(threads),
+        "machine": machine(threads, device),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -311,8 +329,15 @@ def part_parser(doc: str, datasets: str) -> argparse.ArgumentParser:
     parser.add_argument("--datasets", default=datasets)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--table", action="store_true", help="only rebuild the table")
+    table_option(parser)
     return parser
+
+
+def table_option(parser: argparse.ArgumentParser) -> None:
+    """``--table``: only rebuild the table(s) from the recorded runs (no data, no training)."""
+    parser.add_argument(
+        "--table", action="store_true", help="only rebuild the table(s) from the recorded runs"
+    )
 
 
 def ready_to_run(args) -> bool:
@@ -324,6 +349,11 @@ def ready_to_run(args) -> bool:
 
     torch.set_num_threads(args.threads)
     return True
+
+
+def runs_file(bench: str, root: Path = RESULTS) -> Path:
+    """``<root>/<bench>/runs.jsonl``: every recorded run (or part of a run) of a benchmark."""
+    return root / bench / "runs.jsonl"
 
 
 def read_runs(path: Path) -> list[dict]:
@@ -341,10 +371,27 @@ def record_run(path: Path, row: dict, key: tuple[str, ...]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, row]))
 
 
+def drop_runs(path: Path, **match) -> None:
+    """Remove the rows whose fields equal every value of ``match`` (a rerun that replaces
+    all the rows of, say, one dataset and seed, some of which it may not write again)."""
+    if path.exists():
+        rows = [r for r in read_runs(path) if any(r.get(k) != v for k, v in match.items())]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def short_commit(provenance: dict) -> str:
     """A record's commit for a table: the short hash, ``+`` when package files differed."""
     commit = provenance["commit"]
     return commit.split(" ")[0] + ("+" if "uncommitted" in commit else "")
+
+
+def code_label(row: dict) -> str:
+    """A row's commit for a table (:func:`short_commit`); for a row migrated from a results
+    file that did not record its commit, the commit that last changed that file, said so."""
+    label = short_commit(row)
+    if "commit unknown" in (row.get("provenance") or ""):
+        label = f"unknown (file last changed in {label})"
+    return label
 
 
 def fmt(v, digits: int = 3) -> str:
@@ -354,3 +401,57 @@ def fmt(v, digits: int = 3) -> str:
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def median(values) -> float:
+    """The median of the values that are numbers (NaN when there are none)."""
+    v = [float(x) for x in values if isinstance(x, (int, float)) and not pd.isna(x)]
+    return float(np.median(v)) if v else float("nan")
+
+
+def write_table(path: Path, lines: list[str]) -> Path:
+    """Write a table built from the recorded runs to ``path`` (``<bench>.md``).
+
+    The hand-written notes of ``<bench>/notes.md`` (what the rows cannot say: how old runs
+    were recovered, what a run was for), when that file exists, go after the title (the
+    first two lines), so that a rebuild keeps them.
+    """
+    notes = path.with_suffix("") / "notes.md"
+    if notes.exists():
+        lines = [*lines[:2], notes.read_text().rstrip("\n"), "", *lines[2:]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    where = path.resolve()
+    log(f"wrote {where.relative_to(REPO) if where.is_relative_to(REPO) else where}")
+    return path
+
+
+def runs_section(rows: list[dict]) -> list[str]:
+    """The runs behind a table's rows, one line each (command, commit, machine, dates and,
+    for a row migrated from an older results file, where it came from), then each
+    distinct set of package versions."""
+    runs: dict[tuple, list[str]] = {}
+    for r in rows:
+        key = (
+            r.get("command") or "command not recorded",
+            r.get("commit") or "unknown",
+            r.get("machine") or "machine not recorded",
+            r.get("provenance") or "",
+            r.get("note") or "",
+        )
+        runs.setdefault(key, []).append(r.get("date") or "")
+    lines = ["Runs behind these rows (oldest first):", ""]
+    for (command, commit, where, migrated, note), dates in sorted(
+        runs.items(), key=lambda kv: min(kv[1])
+    ):
+        known = sorted(d for d in dates if d)
+        when = "date not recorded" if not known else known[0]
+        if len(set(known)) > 1:
+            when += f" to {known[-1]}"
+        extra = "".join(f"; {x}" for x in (migrated, note) if x)
+        lines.append(f"- `{command}` at {commit}; {where}; {when}{extra}")
+    seen = {json.dumps(r["versions"]) for r in rows if r.get("versions")}
+    for v in sorted(seen):
+        lines.append("")
+        lines.append("Versions: " + ", ".join(f"{k} {x}" for k, x in json.loads(v).items()) + ".")
+    return lines

@@ -12,7 +12,9 @@ Supervised methods are trained with coarse labels (``COARSE``):
 scANVI (from the same run's scVI) gets the same coarse labels as scARKIDS-sup; scVI, Harmony
 and scARKIDS-unsup (as many clusters as fine types) get none. ``scARKIDS-sup-fine`` trains
 with the fine labels (what the label pressure costs within each batch), and a prior in
-brackets (``scARKIDS-sup[mixture]``, ``scARKIDS-unsup[gaussian]``) swaps the diffusion prior.
+brackets (``scARKIDS-sup[mixture]``, ``scARKIDS-unsup[gaussian]``) swaps the diffusion prior,
+and settings in braces (``scARKIDS-sup{classifier_dims=5}``,
+``scARKIDS-sup{classification_weight=10}``) are design variants.
 
 Each embedding is scored on the fine labels with :mod:`scarkids.metrics.structure`:
 
@@ -90,13 +92,32 @@ def embed(method: str, adata, seed: int, cache: dict) -> np.ndarray:
             return cache["scvi"].get_latent_representation()
         m = harness.train_scanvi(cache["scvi"], "coarse", seed, quick=False)
         return m.get_latent_representation()
-    base, _, prior = method.partition("[")
-    prior = prior.rstrip("]") or "diffusion"
+    base, model_kwargs, train_kwargs = parse_variant(method)
     labels = {"scARKIDS-sup": "coarse", "scARKIDS-sup-fine": "cell_type", "scARKIDS-unsup": None}
     labels_key = labels[base]
     k = adata.obs[labels_key or "cell_type"].nunique()
-    model, a = harness.train_scarkids(adata, labels_key, k, seed, quick=False, prior=prior)
+    model, a = harness.train_scarkids(
+        adata, labels_key, k, seed, quick=False, train_kwargs=train_kwargs, **model_kwargs
+    )
     return model.get_latent_representation(a)
+
+
+#: settings of a variant (``{name=value}``) that go to ``train``; the others go to the model
+TRAIN_SETTINGS = ("classification_weight",)
+
+
+def parse_variant(method: str) -> tuple[str, dict, dict]:
+    """``scARKIDS-sup[mixture]{classifier_dims=5}`` -> ``("scARKIDS-sup", model kwargs,
+    train kwargs)``: the prior in brackets (default diffusion), settings in braces (``;`` between them)."""
+    head, _, settings = method.partition("{")
+    base, _, prior = head.partition("[")
+    model_kwargs: dict = {"prior": prior.rstrip("]") or "diffusion"}
+    train_kwargs: dict = {}
+    for item in filter(None, settings.rstrip("}").split(";")):
+        key, _, value = item.partition("=")
+        target = train_kwargs if key in TRAIN_SETTINGS else model_kwargs
+        target[key] = float(value) if "." in value else int(value)
+    return base, model_kwargs, train_kwargs
 
 
 def scores(adata, z: np.ndarray, seed: int) -> dict[str, float]:

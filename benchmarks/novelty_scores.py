@@ -2,11 +2,11 @@
 
     python benchmarks/novelty_scores.py --splits "B cells,CD14,CD4 T,CD8 T,NK" [--cache DIR]
     python benchmarks/novelty_scores.py --dataset cellbench
+    python benchmarks/novelty_scores.py --table
 
 On the leave-one-type-out splits of ``uncertainty.py`` (``--dataset kang`` or
 ``cellbench``; scARKIDS reference with ``encode_batch=True``, ``load_query_data``,
-unsupervised query session), prints and writes (``benchmarks/results/novelty_scores.md``,
-``novelty_scores_cellbench.md``) the AUROC of flagging the left-out type's query cells by:
+unsupervised query session), the AUROC of flagging the left-out type's query cells by:
 
 - the prior's novelty (``SCARKIDS.novelty``) and the mean distance to the 15 nearest
   reference codes (latent scores);
@@ -34,6 +34,11 @@ unsupervised query session), prints and writes (``benchmarks/results/novelty_sco
 - the separability of the left-out type in the query codes, a reference point for any score
   computed from them: 5-fold cross-validated AUROC of a 15-NN classifier trained on the
   query codes *with* the true new / known labels.
+
+Every split is a row of ``benchmarks/results/novelty_scores/runs.jsonl`` (key: dataset,
+split, ``--classification_weight``, seed; a rerun replaces its row), and
+``benchmarks/results/novelty_scores.md`` is rebuilt from all rows: one table per dataset,
+weight and seed, a column per split and their mean (``--table`` only rebuilds it).
 """
 
 from __future__ import annotations
@@ -41,11 +46,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import harness
 import numpy as np
 import pandas as pd
 import uncertainty
 
-OUT = Path(__file__).resolve().parent / "results" / "novelty_scores.md"
+RUNS = harness.runs_file("novelty_scores")
+TABLE = harness.RESULTS / "novelty_scores.md"
+KEY = ("dataset", "split", "classification_weight", "seed")
 N_FIT_DRAWS = 4
 
 
@@ -230,6 +238,42 @@ def scores_of_split(
     return auroc
 
 
+def section(rows: list[dict]) -> list[str]:
+    """One dataset, weight and seed: a row per score, a column per split, and the mean."""
+    names = list(dict.fromkeys(k for r in rows for k in r["scores"]))
+    lines = ["| score | " + " | ".join(r["split"] for r in rows) + " | mean |"]
+    lines.append("|" + "---|" * (len(rows) + 2))
+    for c in names:
+        vals = [r["scores"].get(c) for r in rows]
+        if any(isinstance(v, str) for v in vals):
+            lines.append(f"| {c} | " + " | ".join(str(v or "-") for v in vals) + " |  |")
+        else:
+            nums = [v for v in vals if v is not None]
+            cells = [f"{v:.3f}" if v is not None else "-" for v in vals]
+            lines.append(f"| {c} | " + " | ".join(cells) + f" | **{np.mean(nums):.3f}** |")
+    return lines
+
+
+def write_table() -> Path:
+    """novelty_scores.md from every recorded split."""
+    rows = harness.read_runs(RUNS)
+    lines = [
+        "# Scores for a left-out type (`python benchmarks/novelty_scores.py`)",
+        "",
+        "Reference with `encode_batch=True`; AUROC of flagging the left-out type's query cells "
+        "by each score (see the script's docstring); `lands on`: the reference type most of "
+        "the left-out cells' 15 nearest reference codes have.",
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["classification_weight"], r["seed"]), []).append(r)
+    for (dataset, weight, seed), got in groups.items():
+        weight_text = "" if weight is None else f", classification weight {weight:g}"
+        lines += ["", f"## {dataset}{weight_text}, seed {seed}", "", *section(got)]
+        lines += ["", *harness.runs_section(got)]
+    return harness.write_table(TABLE, lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="kang", choices=["kang", "cellbench"])
@@ -243,14 +287,19 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--cache", help="folder keeping each split's trained models, reused when present"
     )
+    harness.table_option(parser)
     args = parser.parse_args(argv)
+    if args.table:
+        print(write_table().read_text())
+        return 0
     if not uncertainty.DATA.exists():
         print(f"{uncertainty.DATA} not found: the shared datasets are needed; nothing to do")
         return 0
     import torch
 
     torch.set_num_threads(args.threads)
-    rows = []
+    prov = harness.provenance(args.threads)
+    found = 0
     for split, ref, query, left in uncertainty.splits(args.dataset):
         if not any(k in split for k in args.splits.split(",")):
             continue
@@ -262,37 +311,15 @@ def main(argv=None) -> int:
             ref, query, is_new, classification_weight=args.classification_weight, cache=cache
         )
         print(split, res, flush=True)
-        rows.append((split, res))
-    if not rows:
+        scores = {k: v if isinstance(v, str) else float(v) for k, v in res.items()}
+        row = dict(dataset=args.dataset, split=split, seed=0, scores=scores,
+                   classification_weight=args.classification_weight)  # fmt: skip
+        harness.record_run(RUNS, {**row, **prov}, KEY)
+        found += 1
+    if not found:
         print(f"no {args.dataset} split matches --splits {args.splits!r}; nothing to do")
         return 1
-    # one row per score, one column per split (and their mean)
-    scores = list(rows[0][1])
-    cmd = f'python benchmarks/novelty_scores.py --dataset {args.dataset} --splits "{args.splits}"'
-    if args.classification_weight is not None:
-        cmd += f" --classification_weight {args.classification_weight:g}"
-    lines = [
-        f"# Scores for a left-out type (`{cmd}`)",
-        "",
-        f"{args.dataset}, seed 0, reference with `encode_batch=True`; AUROC of flagging the "
-        "left-out type's query cells by each score (see the script's docstring).",
-        "",
-        "| score | " + " | ".join(s for s, _ in rows) + " | mean |",
-        "|" + "---|" * (len(rows) + 2),
-    ]
-    for c in scores:
-        vals = [r[c] for _, r in rows]
-        if isinstance(vals[0], str):
-            lines.append(f"| {c} | " + " | ".join(vals) + " |  |")
-        else:
-            cells = [f"{v:.3f}" for v in vals] + [f"**{np.mean(vals):.3f}**"]
-            lines.append(f"| {c} | " + " | ".join(cells) + " |")
-    name = "novelty_scores" + ("" if args.dataset == "kang" else f"_{args.dataset}")
-    if args.classification_weight is not None:
-        name += f"_weight{args.classification_weight:g}"
-    out = OUT.with_name(f"{name}.md")
-    out.write_text("\n".join(lines) + "\n")
-    print(out.read_text())
+    print(write_table().read_text())
     return 0
 
 

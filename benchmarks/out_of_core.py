@@ -1,12 +1,17 @@
 """Out-of-core training: one epoch on a simulated .h5ad far larger than the memory it uses.
 
     python benchmarks/out_of_core.py [--cells 2000000] [--genes 2000] [--path /tmp/x.h5ad]
+    python benchmarks/out_of_core.py --table
 
 Writes the simulated file chunk by chunk (not committed; reused when it exists), then, in a
 fresh process so that the peak RSS is the training run's alone, opens it with
 ``anndata.read_h5ad(path, backed="r")``, trains scARKIDS for ``--epochs`` epochs (counts read
-in chunks of ``--chunk_cells`` cells, 8 chunks buffered) and embeds every cell. Prints a table
-and writes benchmarks/results/out_of_core.md.
+in chunks of ``--chunk_cells`` cells, 8 chunks buffered) and embeds every cell.
+
+Every run is a row of ``benchmarks/results/out_of_core/runs.jsonl`` (key: cells, genes,
+library size, epochs, batch size, chunk size, threads; a rerun replaces its row), and
+``benchmarks/results/out_of_core.md`` is rebuilt from all rows (``--table`` only rebuilds
+it).
 """
 
 from __future__ import annotations
@@ -14,14 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+import harness
+
+RUNS = harness.runs_file("out_of_core")
+TABLE = harness.RESULTS / "out_of_core.md"
+KEY = ("cells", "genes", "library_size", "epochs", "batch_size", "chunk_cells", "threads")
 
 
 def worker(args) -> dict:
@@ -58,6 +66,34 @@ def worker(args) -> dict:
     }
 
 
+def write_table() -> Path:
+    """out_of_core.md: one row per recorded run."""
+    rows = harness.read_runs(RUNS)
+    head = ["cells", "genes", "non-zeros", "file GiB", "CSR in memory would be GiB", "epochs"]
+    head += ["threads", "batch", "chunk cells", "train cells/s", "embed cells/s"]
+    head += ["peak RSS GiB", "writing the file s", "commit"]
+    body = [
+        [f"{r['cells']:,}", str(r["genes"]), f"{r['nnz']:,}", f"{r['file_gib']:.1f}",
+         f"{r['csr_gib']:.1f}", str(r["epochs"]), str(r["threads"]), str(r["batch_size"]),
+         str(r["chunk_cells"]), f"{r['train_cells_per_s']:,.0f}",
+         f"{r['embed_cells_per_s']:,.0f}", f"{r['peak_rss_gib']:.2f}",
+         "-" if r.get("write_s") is None else f"{r['write_s']:.0f}", harness.code_label(r)]
+        for r in rows
+    ]  # fmt: skip
+    lines = [
+        "# Out-of-core training (`python benchmarks/out_of_core.py`)",
+        "",
+        "scARKIDS trained from a backed, simulated `.h5ad` (4 batches, 8 cell types) in a "
+        "fresh process, counts read in chunks (8 buffered); 90% of cells train, 10% validate "
+        "(each epoch); then every cell embedded. Peak RSS: the training process's.",
+        "",
+        *harness.md_table(head, body),
+        "",
+        *harness.runs_section(rows),
+    ]
+    return harness.write_table(TABLE, lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -71,7 +107,11 @@ def main() -> None:
     p.add_argument("--chunk_cells", type=int, default=8192)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    harness.table_option(p)
     args = p.parse_args()
+    if args.table:
+        print(write_table().read_text())
+        return
     if args.worker:
         print(json.dumps(worker(args)))
         return
@@ -96,7 +136,7 @@ def main() -> None:
         os.replace(tmp, path)
         write_s = time.perf_counter() - t
     cmd = [sys.executable, __file__, "--worker"] + [
-        f"--{k}={v}" for k, v in vars(args).items() if k != "worker"
+        f"--{k}={v}" for k, v in vars(args).items() if k not in ("worker", "table")
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -106,30 +146,13 @@ def main() -> None:
 
     with h5py.File(path, "r") as f:
         nnz = f["X"]["data"].shape[0]
-    size_gib = path.stat().st_size / 2**30
-    in_memory_gib = nnz * 8 / 2**30  # float32 values + int32 indices, as anndata holds CSR
-    table = "\n".join(
-        [
-            "| cells | genes | non-zeros | file GiB | CSR in memory would be GiB | epochs "
-            "| train cells/s | embed cells/s | peak RSS GiB |",
-            "|---|---|---|---|---|---|---|---|---|",
-            f"| {r['cells']:,} | {r['genes']} | {nnz:,} | {size_gib:.1f} | {in_memory_gib:.1f} "
-            f"| {r['epochs']} | {r['train_cells_per_s']:,.0f} | {r['embed_cells_per_s']:,.0f} "
-            f"| {r['peak_rss_gib']:.2f} |",
-        ]
-    )
-    header = (
-        f"Command: `python benchmarks/out_of_core.py --cells {args.cells} --genes {args.genes} "
-        f"--epochs {args.epochs} --threads {args.threads}`  \n"
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads. "
-        f"Chunks of {args.chunk_cells} cells, 8 buffered, batch size {args.batch_size}; "
-        "90% of cells train, 10% validate (evaluated each epoch)."
-        + (f" Writing the file took {write_s:.0f} s." if write_s else "")
-        + "\n\n"
-    )
-    print(table)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "out_of_core.md").write_text(header + table + "\n")
+    row = dict(r, library_size=args.library_size, batch_size=args.batch_size,
+               chunk_cells=args.chunk_cells, threads=args.threads, nnz=nnz,
+               file_gib=path.stat().st_size / 2**30,
+               csr_gib=nnz * 8 / 2**30,  # float32 values + int32 indices, as anndata holds CSR
+               write_s=write_s)  # fmt: skip
+    harness.record_run(RUNS, {**row, **harness.provenance(args.threads)}, KEY)
+    print(write_table().read_text())
 
 
 if __name__ == "__main__":

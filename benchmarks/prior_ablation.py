@@ -44,13 +44,14 @@ from harness import (
     N_LATENT,
     RESULTS,
     UNKNOWN,
-    git_state,
     load_dataset,
     log,
     prediction_scores,
+    provenance,
     read_runs,
     record_run,
     score,
+    write_table,
 )
 
 ALL = {**DATASETS, "kang_all": "kang_ifnb_all.h5ad"}
@@ -112,11 +113,14 @@ def recorded_mode(mode: str, hidden: float) -> str:
 def run_one(
     adata, name: str, mode: str, prior: str, seed: int, hidden_fraction: float = HIDDEN_FRACTION
 ) -> dict:
+    import torch
+
     truth = adata.obs["cell_type"].astype(str).to_numpy()
     labelled = truth != UNLABELLED
     k = len(np.unique(truth[labelled]))
     row = {"dataset": name, "mode": recorded_mode(mode, hidden_fraction), "prior": prior}
-    row.update({"seed": seed, "hidden_fraction": hidden_fraction, "code": git_state()})
+    row.update({"seed": seed, "hidden_fraction": hidden_fraction})
+    row.update(provenance(torch.get_num_threads()))
     t = time.perf_counter()
     if mode == "unsup":
         model, a = train(adata, None, k, prior, seed)
@@ -150,7 +154,7 @@ def _cell(values: pd.Series) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
-def write_table() -> Path:
+def write_tables() -> Path:
     df = pd.DataFrame(read_runs(RUNS))
     for col in ("accuracy", "macro_f1"):
         if col not in df:
@@ -186,9 +190,7 @@ def write_table() -> Path:
                 delta = _cell(d) + (f" (vs {base})" if base != "diffusion" else "")
             cells = " | ".join(_cell(h[c]) for c in cols)
             lines.append(f"| {ds} | {mode} | {prior} | {len(h)} | {cells} | {delta} |")
-    out = RESULTS / "prior_ablation.md"
-    out.write_text("\n".join(lines) + "\n")
-    return out
+    return write_table(RESULTS / "prior_ablation.md", lines)
 
 
 def main(argv=None) -> int:
@@ -258,7 +260,7 @@ def main(argv=None) -> int:
                         record(row)
                         log(f"  Total {row['Total']:.3f} ({row['train_s']:.0f} s)")
     if RUNS.exists():
-        print(write_table().read_text())
+        print(write_tables().read_text())
     return 0
 
 

@@ -10,25 +10,59 @@ reverse steps), the same chain with a second noise seed (how much two full-chain
 refinements differ: the yardstick for the strided sampler's differences) and the strided
 sampler (``refine_latent(n_sampling_steps=K)``) for each K < n in ``--sampling_steps``.
 Every embedding is scored with the same scIB harness; wall time and cells/s of each
-refinement. Writes benchmarks/results/refine_steps_<dataset>.md.
+refinement.
+
+Every (dataset, seed, refinement) is a row of ``benchmarks/results/refine_steps/runs.jsonl``
+(a rerun replaces its row), and ``benchmarks/results/refine_steps.md`` is rebuilt from all
+rows, one table per dataset and seed (``--table`` only rebuilds it).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
-import pandas as pd
-from harness import (
-    RESULTS,
-    SCORES,
-    dataset_arguments,
-    git_state,
-    log,
-    open_dataset,
-    score,
-    train_scarkids,
-)
+import harness
+from harness import SCORES, dataset_arguments, log, open_dataset, score, train_scarkids
+
+RUNS = harness.runs_file("refine_steps")
+TABLE = harness.RESULTS / "refine_steps.md"
+KEY = ("dataset", "seed", "refinement")
+
+
+def write_table() -> Path:
+    """refine_steps.md: one table per dataset and seed from every recorded row; "Total −
+    full chain" against the full chain noised to the same step (Totals rounded to 4
+    digits first)."""
+    rows = harness.read_runs(RUNS)
+    lines = [
+        "# Refinement with fewer reverse steps (`python benchmarks/refine_steps.py`)",
+        "",
+        "One supervised scARKIDS model (defaults) per dataset; its latent refined to step n by "
+        "the full chain, by the full chain with a second noise seed and by the strided sampler "
+        "(`refine_latent(n_sampling_steps=K)`); scIB scores as integration.py computes them.",
+    ]
+    head = ["refinement", "noised to step", "reverse steps", "sampler", "refine s", "cells/s"]
+    head += [*SCORES, "Total − full chain"]
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        for seed in sorted({r["seed"] for r in rows if r["dataset"] == name}):
+            got = [r for r in rows if (r["dataset"], r["seed"]) == (name, seed)]
+            full = {r["noised to step"]: round(r["Total"], 4) for r in got
+                    if r["sampler"] == "full chain"}  # fmt: skip
+            body = []
+            for r in got:
+                base = full.get(r["noised to step"]) if r["noised to step"] else None
+                diff = "-" if base is None else f"{round(r['Total'], 4) - base:.4f}"
+                body.append([r["refinement"], str(r["noised to step"]), str(r["reverse steps"]),
+                             r["sampler"], harness.fmt(r["refine s"], 2).replace("—", "-"),
+                             harness.fmt(r["cells/s"], 0).replace("—", "-"),
+                             *(f"{r[c]:.4f}" for c in SCORES), diff])  # fmt: skip
+            r = got[0]
+            lines += ["", f"## {name}, seed {seed}", ""]
+            lines += [f"{r['n_obs']:,} cells, {r['n_vars']} HVGs, {r['threads']} CPU threads.", ""]
+            lines += [*harness.md_table(head, body), "", *harness.runs_section(got)]
+    return harness.write_table(TABLE, lines)
 
 
 def main() -> None:
@@ -38,7 +72,11 @@ def main() -> None:
     dataset_arguments(p)
     p.add_argument("--n_steps", default="20,100", help="steps the codes are noised to")
     p.add_argument("--sampling_steps", default="5,10,25", help="strided sampler's steps")
+    harness.table_option(p)
     args = p.parse_args()
+    if args.table:
+        print(write_table().read_text())
+        return
     adata = open_dataset(args)
     if adata is None:
         return
@@ -61,25 +99,17 @@ def main() -> None:
             )
             seconds = time.perf_counter() - t
             rows[name] = {"noised to step": n, "reverse steps": k, "sampler": kind}
-            rows[name].update({"refine s": round(seconds, 2), "cells/s": round(len(z) / seconds)})
+            rows[name].update({"refine s": seconds, "cells/s": len(z) / seconds})
             log(f"  {name}: {seconds:.2f} s")
     log("scoring ...")
     table = score(adata, embeddings, args.seed)[SCORES]
-    out = pd.DataFrame.from_dict(rows, orient="index").join(table.round(4))
-    for n in out["noised to step"].unique()[1:]:
-        same = out["noised to step"] == n
-        full = out.loc[same & (out["sampler"] == "full chain"), "Total"].iloc[0]
-        out.loc[same, "Total − full chain"] = (out.loc[same, "Total"] - full).round(4)
-    out.index.name = "refinement"
-    text = (
-        f"Command: `python benchmarks/refine_steps.py --dataset {args.dataset} --n_steps "
-        f"{args.n_steps} --sampling_steps {args.sampling_steps} --seed {args.seed}` "
-        f"({adata.n_obs:,} cells, {adata.n_vars} HVGs, scARKIDS-sup defaults, "
-        f"{args.threads} CPU threads)  \nCode: {git_state()}\n\n{out.to_markdown()}\n"
-    )
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"refine_steps_{args.dataset}.md").write_text(text)
+    prov = harness.provenance(args.threads)
+    facts = dict(dataset=args.dataset, seed=args.seed, n_obs=adata.n_obs, n_vars=adata.n_vars,
+                 threads=args.threads)  # fmt: skip
+    for name, row in rows.items():
+        row = dict(facts, refinement=name, **row, **{c: float(table.loc[name, c]) for c in SCORES})
+        harness.record_run(RUNS, {**row, **prov}, KEY)
+    print(write_table().read_text())
 
 
 if __name__ == "__main__":

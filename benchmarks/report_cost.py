@@ -8,13 +8,19 @@ fresh processes on ``--threads`` threads: with ``report: false`` and with the re
 on at most ``--max_cells`` cells). Each is timed as a whole (wall clock of the process, the
 imports and numba's compilation of UMAP included); the report's own time is read from its
 log line (``Report: ... (12.3 s)``). The issue's budget: the report adds at most 15% at
-100k cells on 2 CPU threads. Prints a table and writes it to
-benchmarks/results/report_cost_<cells>.md.
+100k cells on 2 CPU threads.
+
+Every inference run is a row of ``benchmarks/results/report_cost/runs.jsonl`` (``--repeats``
+of each, alternating; a rerun at the same commit replaces its rows), and
+``benchmarks/results/report_cost.md`` is rebuilt from all rows: per cells, report size,
+machine and commit, the median wall time of each and the report's share computed from the
+medians (``--table`` only rebuilds it).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import subprocess
@@ -23,12 +29,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import harness
 import yaml
-from harness import RESULTS, provenance
 from speed import data_file
 
 SCARKIDS = [sys.executable, "-m", "scarkids"]
+RUNS = harness.runs_file("report_cost")
+TABLE = harness.RESULTS / "report_cost.md"
+KEY = ("cells", "max_cells", "epochs", "threads", "run", "commit", "repeat")
+RUN_NAMES = ("inference, report: false", "inference + report")
 
 
 def config(work: Path, data: Path, *, report: bool, max_cells: int, epochs: int) -> Path:
@@ -61,6 +70,41 @@ def timed(argv: list[str], threads: int) -> tuple[float, str]:
     return seconds, proc.stdout + proc.stderr
 
 
+def write_table() -> Path:
+    """report_cost.md from every recorded run: per cells, report size, machine and commit,
+    the median of each run's wall time and of the report's own time."""
+    rows = harness.read_runs(RUNS)
+    lines = [
+        "# What report.html adds to `scarkids infer` (`python benchmarks/report_cost.py`)",
+        "",
+        "Simulated counts (speed.py's), `scarkids infer` in fresh processes with and without "
+        "the report, timed as a whole; medians over the recorded runs; the share is the "
+        "difference of the medians over the median without the report.",
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = (r["cells"], r["max_cells"], r.get("machine"), harness.code_label(r))
+        groups.setdefault(key, []).append(r)
+    for (cells, max_cells, _, code), runs in groups.items():
+        train = harness.median(r.get("train_s") for r in runs)
+        lines += ["", f"## {cells:,} cells, report on at most {max_cells:,}, code {code}", ""]
+        lines += [f"Training ({runs[0]['epochs']} epoch): {train:.1f} s.", ""]
+        wall = {n: harness.median(r["wall_s"] for r in runs if r["run"] == n) for n in RUN_NAMES}
+        body = []
+        for name in RUN_NAMES:
+            got = [r for r in runs if r["run"] == name]
+            report = harness.median(r.get("report_s") for r in got)
+            base = wall[RUN_NAMES[0]]
+            share = "-" if name == RUN_NAMES[0] else f"+{(wall[name] - base) / base:.1%}"
+            shown = "-" if math.isnan(report) else f"{report:.1f}"  # NaN: no report line
+            body.append([name, str(sum(r.get("repeats", 1) for r in got)), f"{wall[name]:.1f}",
+                         shown, share])  # fmt: skip
+        head = ["run", "runs", "wall s", "report s (its log line)"]
+        lines += harness.md_table([*head, "vs inference without the report"], body)
+        lines += ["", *harness.runs_section(runs)]
+    return harness.write_table(TABLE, lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -70,47 +114,29 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1, help="training epochs (the model is a prop)")
     p.add_argument("--max_cells", type=int, default=10_000, help="report.max_cells")
     p.add_argument("--repeats", type=int, default=3, help="runs of each, alternating; medians")
+    harness.table_option(p)
     args = p.parse_args()
+    if args.table:
+        print(write_table().read_text())
+        return
     data = data_file(args.cells, 2000, seed=0)
+    prov = harness.provenance(args.threads)
+    common = dict(cells=args.cells, max_cells=args.max_cells, epochs=args.epochs,
+                  threads=args.threads)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="scarkids_report_cost_") as tmp:
         work = Path(tmp)
         kw = {"max_cells": args.max_cells, "epochs": args.epochs}
         plain = config(work, data, report=False, **kw)
         with_report = config(work, data, report=True, **kw)
         train_s, _ = timed([*SCARKIDS, "train", "--config", str(plain)], args.threads)
-        runs: dict[str, list] = {"inference, report: false": [], "inference + report": []}
-        for _ in range(args.repeats):
-            for name, cfg in zip(runs, (plain, with_report), strict=True):
+        for repeat in range(args.repeats):
+            for name, cfg in zip(RUN_NAMES, (plain, with_report), strict=True):
                 seconds, log = timed([*SCARKIDS, "infer", "--config", str(cfg)], args.threads)
                 found = re.search(r"Report: \S+ \(([0-9.]+) s\)", log)
-                runs[name].append((seconds, float(found.group(1)) if found else None))
-    rows = []
-    for name, got in runs.items():
-        report_s = [r for _, r in got if r is not None]
-        rows.append(
-            (name, float(np.median([w for w, _ in got])),
-             float(np.median(report_s)) if report_s else None)
-        )  # fmt: skip
-    base = rows[0][1]
-    prov = provenance(args.threads)
-    lines = [
-        f"`{prov['command']}` at {prov['commit']}; {prov['machine']}; "
-        + ", ".join(f"{k} {v}" for k, v in prov["versions"].items())
-        + f"; training ({args.epochs} epoch): {train_s:.1f} s. Medians of {args.repeats} "
-        "runs of each, alternating.",
-        "",
-        "| run | wall s | report s (its log line) | vs inference without the report |",
-        "|---|---|---|---|",
-    ]
-    for name, seconds, report_s in rows:
-        share = f"+{(seconds - base) / base:.1%}" if seconds != base else "-"
-        shown = f"{report_s:.1f}" if report_s is not None else "-"
-        lines.append(f"| {name} | {seconds:.1f} | {shown} | {share} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = RESULTS / f"report_cost_{args.cells}.md"
-    out.write_text(text)
-    print(f"Wrote {out}")
+                row = dict(common, run=name, repeat=repeat, wall_s=seconds, train_s=train_s)
+                row["report_s"] = float(found.group(1)) if found else None
+                harness.record_run(RUNS, {**row, **prov}, KEY)
+    print(write_table().read_text())
 
 
 if __name__ == "__main__":

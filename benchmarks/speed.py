@@ -2,23 +2,40 @@
 
     python benchmarks/speed.py [--sizes 10000,100000] [--epochs 2] [--device cpu|cuda]
     python benchmarks/speed.py --sizes 1000000 --epochs 1 --methods scarkids-unsup   # 1M, RSS
-    python benchmarks/speed.py --device cuda --sizes 1000000 --epochs 1 --scvi_max_steps 3000 \
+    python benchmarks/speed.py --device cuda --sizes 1000000 --epochs 1 --scvi_max_steps 2000 \
         --methods scvi,scvi@1024,scarkids-unsup,scarkids-unsup@16384/3,scarkids-sup@16384/3
+    python benchmarks/speed.py --table        # only rebuild benchmarks/results/speed.md
 
-All methods see the same counts (2000 genes), 90% of cells for training, 128 hidden units,
-10 latent dimensions, no early stopping; batch size and epochs are ``--batch_size`` and
-``--epochs`` unless a method names its own: ``METHOD[+bf16][@BATCH][/EPOCHS]`` (``+bf16``:
-scARKIDS with mixed precision; ``auto`` as BATCH or EPOCHS, scARKIDS only: ``train()``'s own
-default, so ``scarkids-unsup@auto/auto`` is one ``train()`` with every default). On a CPU
-each (method, size) runs in its own process, so that peak RSS is that run's alone; on a GPU one process per peer (scVI, scARKIDS) reads the
-data once and trains its methods one after the other (peak GPU memory is then reported per
-method). The simulated counts are written to /tmp once per size (drawn on the GPU with
-``--device cuda``). ``--scvi_max_steps`` caps scVI's optimizer steps (its cells/s are then
-those steps' cells over their time: at batch 128 one GPU epoch of 1M cells takes scVI
-minutes). Inference (embedding, corrected expression, 100 refinement steps, and the same
-refinement with the strided sampler's 25 reverse steps) is timed for
-the first method of each process. Prints a table (cells/s, ratio to the first scVI method,
-peak memory) and writes it to benchmarks/results/speed_<device>_<sizes>.md.
+All methods see the same counts (2000 genes), 90% of cells for training (the other 10%
+validated after every epoch, by scVI as by scARKIDS), 128 hidden units, 10 latent
+dimensions, no early stopping; batch size and epochs are ``--batch_size`` and ``--epochs``
+unless a method names its own: ``METHOD[+bf16][@BATCH][/EPOCHS]`` (``+bf16``: scARKIDS with
+mixed precision; ``auto`` as BATCH or EPOCHS, scARKIDS only: ``train()``'s own default, so
+``scarkids-unsup@auto/auto`` is one ``train()`` with every default).
+
+Training is timed the same way for both peers, over whole epochs: train cells/s = training
+cells x epochs / the time from the first epoch's start to the last epoch's end (scVI: a
+Lightning callback; scARKIDS: the start of each epoch of its training loop and its
+``on_epoch_end``; the device synchronised at each mark), so that the set-up inside
+``train()`` (scVI's trainer and data splitter, scARKIDS's device store and k-means
+initialisation) and the loading of the data are left out for both; the whole ``train()``
+call is reported beside it. "Steady epoch" is the median time between the ends of epochs
+after the first. One exception: ``--scvi_max_steps N`` stops scVI after N optimizer steps
+(for the 1M-cell GPU run at batch 128, where one scVI epoch takes minutes of a lent GPU);
+its cells/s then count those steps' cells, from the first epoch's start to the stop.
+
+On a CPU each (method, size) runs in its own process, so that peak RSS is that run's alone;
+on a GPU one process per peer (scVI, scARKIDS) reads the data once and trains its methods
+one after the other (peak GPU memory is then reported per method). The simulated counts are
+written to /tmp once per size (drawn on the GPU with ``--device cuda``). Inference
+(embedding, corrected expression, 100 refinement steps, and the same refinement with the
+strided sampler's 25 reverse steps) is timed for the first method of each process.
+
+Every process's result for a method is a row of ``benchmarks/results/speed/runs.jsonl``
+(``--repeats`` processes: one row each; a rerun at the same commit replaces its rows), and
+``benchmarks/results/speed.md`` is rebuilt from all rows: per device, size, machine, timing
+and commit, the median over the recorded runs of each method, and its ratio to the median of
+the first scVI method (``--table`` only rebuilds it).
 """
 
 from __future__ import annotations
@@ -27,15 +44,30 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import harness
 import numpy as np
-from harness import RESULTS, git_state
+
+RUNS = harness.runs_file("speed")
+TABLE = harness.RESULTS / "speed.md"
+KEY = ("device", "n_cells", "method", "batch_size", "epochs", "max_steps", "commit", "repeat")
+#: how a row's train cells/s was timed: over whole epochs (set-up excluded), or (rows
+#: recorded before that) over the whole train() call, the fastest of the run's processes
+TIMING = {
+    "epochs": "train cells/s over whole epochs, from the first epoch's start to the last "
+    "epoch's end (set-up inside `train()` and data loading excluded for every method; both "
+    "peers validate after every epoch); whole call: over the whole `train()` call; medians "
+    "over the recorded runs (processes)",
+    "call": "train cells/s over the whole `train()` call (set-up included; scVI without "
+    "validation, scARKIDS validating every epoch); recorded before speed.py timed whole "
+    "epochs, as the fastest of the run's processes (the others were not recorded)",
+}
 
 
 def peak_rss_gib() -> float:
@@ -115,7 +147,8 @@ def worker(specs: list[str], n_cells: int, args) -> list[dict]:
             cells = min(cells, out["steps"] * batch_size)
         out.update(method=spec, n_cells=n_cells, epochs=epochs, batch_size=batch_size)
         out["data_s"] = data_s  # reading (CPU) or drawing (GPU) the counts, untimed
-        out["train_cells_per_s"] = cells / out["train_s"]
+        out["train_cells_per_s"] = cells / out["epochs_s"]
+        out["call_cells_per_s"] = cells / out["train_s"]
         if "epoch_s" in out:
             out["epoch_cells_per_s"] = n_train / out["epoch_s"]
         for key in ("embed", "expression"):
@@ -129,46 +162,120 @@ def worker(specs: list[str], n_cells: int, args) -> list[dict]:
     return rows
 
 
-def run_method(method, adata, batch_size, epochs, device, *, inference, args) -> dict:
-    out: dict = {}
-    if method == "scvi":
-        import scvi
+class EpochClock:
+    """The start and end times of each training epoch (the device synchronised first), and
+    what they give: set-up before the first epoch, the epochs' span, the steady epoch."""
 
-        scvi.settings.seed = 0
-        scvi.settings.dl_num_workers = 0
-        scvi.model.SCVI.setup_anndata(adata, batch_key="batch")
-        model = scvi.model.SCVI(adata, n_hidden=128, n_latent=10, n_layers=1)
-        extra = {}
-        if args.scvi_max_steps:
-            extra["max_steps"] = args.scvi_max_steps
-            per_epoch = math.ceil(0.9 * adata.n_obs / batch_size)
-            out["steps"] = min(args.scvi_max_steps, per_epoch * epochs)
-        t = time.perf_counter()
-        model.train(
-            max_epochs=epochs,
-            batch_size=batch_size,
-            train_size=0.9,
-            early_stopping=False,
-            accelerator="gpu" if device == "cuda" else "cpu",
-            devices=1,
-            enable_progress_bar=False,
-            **extra,
-        )
-        out["train_s"] = time.perf_counter() - t
-        if inference:
-            t = time.perf_counter()
-            model.get_latent_representation(batch_size=4096)
-            out["embed_s"] = time.perf_counter() - t
-            t = time.perf_counter()
-            model.get_normalized_expression(
-                transform_batch=sorted(adata.obs["batch"].astype(str).unique())[0],
-                library_size=1e4,
-                batch_size=4096,
-                return_numpy=True,
-            )
-            out["expression_s"] = time.perf_counter() - t
+    def __init__(self, device: str):
+        self.sync = torch_sync(device)
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+        self.stopped: float | None = None  # the end of training (Lightning's on_train_end)
+
+    def start(self) -> None:
+        self.sync()
+        self.starts.append(time.perf_counter())
+
+    def end(self) -> None:
+        self.sync()
+        self.ends.append(time.perf_counter())
+
+    def timings(self, called: float, returned: float, last_end: float | None = None) -> dict:
+        """``train_s`` (the whole call), ``setup_s``, ``epochs_s`` (first epoch's start to
+        ``last_end``, by default the last epoch's end) and, after two epochs or more,
+        ``epoch_s`` (the median time between the ends of epochs after the first)."""
+        last = self.ends[-1] if last_end is None else last_end
+        out = {"train_s": returned - called, "setup_s": self.starts[0] - called}
+        out["epochs_s"] = last - self.starts[0]
+        if len(self.ends) >= 2:  # an epoch after the first (set-up, k-means): steady state
+            out["epoch_s"] = float(np.median(np.diff(self.ends)))
         return out
 
+
+def scvi_clock(clock: EpochClock):
+    """A Lightning callback feeding ``clock``: epoch starts, epoch ends (after validation),
+    and the end of training (after the last epoch's own end-of-epoch work)."""
+    from lightning.pytorch.callbacks import Callback
+
+    class Clock(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            clock.start()
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            clock.end()
+
+        def on_train_end(self, trainer, pl_module):
+            clock.sync()
+            clock.stopped = time.perf_counter()
+
+    return Clock()
+
+
+@contextmanager
+def scarkids_clock(clock: EpochClock):
+    """Marks the start of each epoch of scARKIDS's training loop on ``clock`` (the ends come
+    from ``train(on_epoch_end=...)``), for the duration of the block."""
+    from scarkids.train import loop
+
+    original = loop._Run.epoch
+
+    def epoch(self):
+        clock.start()
+        return original(self)
+
+    loop._Run.epoch = epoch
+    try:
+        yield
+    finally:
+        loop._Run.epoch = original
+
+
+def run_scvi(adata, batch_size, epochs, device, *, inference, args) -> dict:
+    import scvi
+
+    out: dict = {}
+    scvi.settings.seed = 0
+    scvi.settings.dl_num_workers = 0
+    scvi.model.SCVI.setup_anndata(adata, batch_key="batch")
+    model = scvi.model.SCVI(adata, n_hidden=128, n_latent=10, n_layers=1)
+    extra = {}
+    if args.scvi_max_steps:  # the exception: capped optimizer steps (see the docstring)
+        extra["max_steps"] = args.scvi_max_steps
+        per_epoch = math.ceil(0.9 * adata.n_obs / batch_size)
+        out["steps"] = min(args.scvi_max_steps, per_epoch * epochs)
+    clock = EpochClock(device)
+    t = time.perf_counter()
+    model.train(
+        max_epochs=epochs,
+        batch_size=batch_size,
+        train_size=0.9,
+        early_stopping=False,
+        check_val_every_n_epoch=1,  # validated every epoch, as scARKIDS is
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        enable_progress_bar=False,
+        callbacks=[scvi_clock(clock)],
+        **extra,
+    )
+    out.update(clock.timings(t, time.perf_counter(), last_end=clock.stopped))
+    if inference:
+        t = time.perf_counter()
+        model.get_latent_representation(batch_size=4096)
+        out["embed_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        model.get_normalized_expression(
+            transform_batch=sorted(adata.obs["batch"].astype(str).unique())[0],
+            library_size=1e4,
+            batch_size=4096,
+            return_numpy=True,
+        )
+        out["expression_s"] = time.perf_counter() - t
+    return out
+
+
+def run_method(method, adata, batch_size, epochs, device, *, inference, args) -> dict:
+    if method == "scvi":
+        return run_scvi(adata, batch_size, epochs, device, inference=inference, args=args)
     from scarkids import SCARKIDS
 
     # scarkids-unsup is scVI's peer (no labels); scarkids-sup also trains the classifier;
@@ -177,23 +284,21 @@ def run_method(method, adata, batch_size, epochs, device, *, inference, args) ->
     labels_key = "cell_type" if base_method == "scarkids-sup" else None
     SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key=labels_key)
     model = SCARKIDS(adata, n_latent=10, seed=0)
-    sync = torch_sync(device)
-    epoch_ends = []  # the metrics of an epoch are read on the host: the GPU is done with it
+    clock = EpochClock(device)  # an epoch's metrics are read on the host: the GPU is done
     t = time.perf_counter()
-    model.train(
-        epochs,
-        batch_size=batch_size,
-        validation_fraction=0.1,
-        early_stopping=False,
-        device=device,
-        progress_bar=False,
-        mixed_precision=option == "bf16",
-        on_epoch_end=lambda *_: epoch_ends.append(time.perf_counter()),
-    )
-    sync()
-    out["train_s"] = time.perf_counter() - t
-    if len(epoch_ends) >= 2:  # an epoch after the first (set-up, k-means): steady state
-        out["epoch_s"] = float(np.median(np.diff(epoch_ends)))
+    with scarkids_clock(clock):
+        model.train(
+            epochs,
+            batch_size=batch_size,
+            validation_fraction=0.1,
+            early_stopping=False,
+            device=device,
+            progress_bar=False,
+            mixed_precision=option == "bf16",
+            on_epoch_end=lambda *_: clock.end(),
+        )
+    clock.sync()
+    out = clock.timings(t, time.perf_counter())
     out["final_train_loss"] = model.history["train_loss"][-1]
     if not inference:
         return out
@@ -233,47 +338,80 @@ def run_worker(specs: list[str], n_cells: int, args) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict], gpu: bool) -> str:
-    head = (
-        "| cells | method | batch | epochs | train cells/s | ratio vs scVI "
-        "| steady epoch cells/s | embed cells/s "
-        "| corrected expr. cells/s | refine (100 steps) cells/s "
-        f"| refine (100 -> {STRIDED_STEPS} strided) cells/s | peak RSS GiB |"
-    )
-    lines = [head + (" peak GPU GiB |" if gpu else ""), "|---" * (12 + gpu) + "|"]
-    by_size: dict[int, list[dict]] = {}
+# ------------------------------------------------------------------------- tables
+def _cells(values: list, digits: int = 0) -> str:
+    """The median of the recorded values, with their range when there are several."""
+    v = [x for x in values if x is not None]
+    if not v:
+        return "-"
+    med = f"{harness.median(v):,.{digits}f}"
+    return med if len(v) == 1 else f"{med} ({min(v):,.{digits}f}-{max(v):,.{digits}f})"
+
+
+def _epochs(r: dict) -> str:
+    per_epoch = math.ceil(0.9 * r["n_cells"] / r["batch_size"])
+    if r.get("steps") and r["steps"] < per_epoch * r["epochs"]:
+        return f"{r['steps']} steps"
+    return str(r["epochs"])
+
+
+def section(runs: list[dict], gpu: bool) -> list[str]:
+    """One device, size, machine, timing and commit: a row per method, medians over runs."""
+    cols = ["epoch_cells_per_s", "embed_cells_per_s", "expression_cells_per_s"]
+    cols += ["refine_cells_per_s", "refine_strided_cells_per_s"]
+    head = ["method", "batch", "epochs", "runs", "train cells/s", "ratio vs scVI"]
+    head += ["whole call cells/s", "steady epoch cells/s", "embed cells/s"]
+    head += ["corrected expr. cells/s", "refine (100 steps) cells/s"]
+    head += [f"refine (100 -> {STRIDED_STEPS} strided) cells/s", "peak RSS GiB"]
+    head += ["peak GPU GiB"] if gpu else []
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    ok = {m: [r for r in runs if r["method"] == m and "error" not in r] for m in methods}
+    scvi = [m for m in methods if m.startswith("scvi") and ok[m]]
+    base = harness.median(r["train_cells_per_s"] for r in ok[scvi[0]]) if scvi else None
+    body = []
+    for m in methods:
+        got = ok[m]
+        if not got:
+            errors = {str(r["error"]) for r in runs if r["method"] == m}
+            row = [m, "-", "-", "-", "-", "error: " + "; ".join(sorted(errors))]
+            body.append(row + [""] * (len(head) - len(row)))
+            continue
+        speed = harness.median(r["train_cells_per_s"] for r in got)
+        row = [m, str(got[0]["batch_size"]), _epochs(got[0]), str(len(got))]
+        row += [_cells([r["train_cells_per_s"] for r in got])]
+        row += [f"{speed / base:.2f}" if base else "-"]
+        row += [_cells([r.get("call_cells_per_s") for r in got])]
+        row += [_cells([r.get(c) for r in got]) for c in cols]
+        row += [_cells([r.get("peak_rss_gib") for r in got], 2)]
+        row += [_cells([r.get("gpu_peak_gib") for r in got], 2)] if gpu else []
+        body.append(row)
+    return harness.md_table(head, body)
+
+
+def write_table() -> Path:
+    rows = harness.read_runs(RUNS)
+    lines = [
+        "# Training and inference speed against scVI (`python benchmarks/speed.py`)",
+        "",
+        "Simulated counts, 2000 genes, 90% of cells training; cells/s are medians over the "
+        "recorded runs (processes) of a method, with their range; the ratio is the median "
+        "train cells/s over the median of the first scVI method of the same section. "
+        "Sections: device, size, machine, timing and commit (ratios only within one).",
+    ]
+    groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        by_size.setdefault(r["n_cells"], []).append(r)
-    fmt = lambda v: f"{v:,.0f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
-    for n, runs in sorted(by_size.items()):
-        scvi = [r for r in runs if r["method"].startswith("scvi") and "error" not in r]
-        base = scvi[0]["train_cells_per_s"] if scvi else None
-        for r in runs:
-            if "error" in r:
-                lines.append(f"| {n:,} | {r['method']} | error: {r['error']} |" + " |" * (9 + gpu))
-                continue
-            ratio = f"{r['train_cells_per_s'] / base:.2f}" if base else "-"
-            line = (
-                f"| {n:,} | {r['method']} | {r['batch_size']} | {r['epochs']} "
-                f"| {fmt(r['train_cells_per_s'])} | {ratio} | {fmt(r.get('epoch_cells_per_s'))} "
-                f"| {fmt(r.get('embed_cells_per_s'))} "
-                f"| {fmt(r.get('expression_cells_per_s'))} | {fmt(r.get('refine_cells_per_s'))} "
-                f"| {fmt(r.get('refine_strided_cells_per_s'))} "
-                f"| {r['peak_rss_gib']:.2f} |"
-            )
-            lines.append(line + (f" {r['gpu_peak_gib']:.2f} |" if gpu else ""))
-    return "\n".join(lines)
+        key = (r["device"], r["n_cells"], r.get("machine"), r["timing"], harness.code_label(r))
+        groups.setdefault(key, []).append(r)
+    for (device, n, _, timing, commit), runs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], min(r.get("date") or "" for r in kv[1]))
+    ):
+        lines += ["", f"## {device}, {n:,} cells, code {commit}", "", f"Timing: {TIMING[timing]}."]
+        lines += ["", *section(runs, gpu=device == "cuda"), "", *harness.runs_section(runs)]
+    return harness.write_table(TABLE, lines)
 
 
-def machine(args) -> str:
-    if args.device == "cuda":
-        import torch
-
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, {args.threads} CPU threads"
-    return f"{platform.processor() or platform.machine()}, {args.threads} threads, device cpu"
-
-
-def main() -> None:
+# --------------------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -282,15 +420,38 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=1, help="runs per method; the fastest counts")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="fresh processes per method, each recorded"
+    )
     p.add_argument("--methods", default="scvi,scarkids-unsup,scarkids-sup")
-    p.add_argument("--scvi_max_steps", type=int, default=0, help="0: no cap")
+    p.add_argument(
+        "--scvi_max_steps", type=int, default=0, help="0: whole epochs (the exception: see above)"
+    )
     p.add_argument("--inference", choices=["first", "none"], default="first")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    harness.table_option(p)
+    return p.parse_args(argv)
+
+
+def record(rows: list[dict], repeat: int, args, prov: dict) -> None:
+    """Record one process's rows (a failed method's too, with its error)."""
+    for row in rows:
+        name, batch_size, epochs = parse_method(row["method"], args.batch_size, args.epochs)
+        row.setdefault("batch_size", batch_size)
+        row.setdefault("epochs", epochs)
+        row.update(device=args.device, repeat=repeat, timing="epochs")
+        row["max_steps"] = args.scvi_max_steps if name == "scvi" else 0
+        harness.record_run(RUNS, {**row, **prov}, KEY)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.worker:
         worker(args.worker.split(","), sizes[0], args)
+        return
+    if args.table:
+        print(write_table().read_text())
         return
     specs = args.methods.split(",")
     if args.device == "cpu":  # one process per method: peak RSS is its own
@@ -299,33 +460,15 @@ def main() -> None:
         groups = [
             g for g in ([s for s in specs if s.startswith(p)] for p in ("scvi", "scark")) if g
         ]
-    rows = []
+    prov = harness.provenance(args.threads, args.device)
+    prov["commit"] = os.environ.get("SCARKIDS_CODE") or prov["commit"]  # a copy without git
     for n in sizes:
         if args.device == "cpu":
             data_file(n, 2000, seed=0)  # written before any timed run
         for group in groups:
-            # the fastest of --repeats fresh processes (timings on a shared machine vary)
-            runs = [run_worker(group, n, args) for _ in range(args.repeats)]
-            for i in range(len(group)):
-                tries = [run[i] for run in runs if i < len(run)]
-                ok = [r for r in tries if "error" not in r] or tries
-                rows.append(max(ok, key=lambda r: r.get("train_cells_per_s", 0)))
-                print(json.dumps(rows[-1]), flush=True)
-    text = table(rows, gpu=args.device != "cpu")
-    header = (
-        f"Command: `python benchmarks/speed.py --sizes {args.sizes} --epochs {args.epochs} "
-        f"--batch_size {args.batch_size} --device {args.device} --repeats {args.repeats} "
-        f"--methods {args.methods}"
-        + (f" --scvi_max_steps {args.scvi_max_steps}" if args.scvi_max_steps else "")
-        + "`  \n"
-        f"Code: {os.environ.get('SCARKIDS_CODE') or git_state()}  \n"
-        f"Machine: {machine(args)}\n\n"
-    )
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"speed_{args.device}_{args.sizes.replace(',', '_')}.md").write_text(
-        header + text + "\n"
-    )
+            for repeat in range(args.repeats):  # every process recorded; tables take medians
+                record(run_worker(group, n, args), repeat, args, prov)
+    print(write_table().read_text())
 
 
 if __name__ == "__main__":

@@ -8,15 +8,18 @@ three losses on the speed benchmark's simulated counts (2000 genes; the file wri
 speed.py, or simulated here): "vae" is scARKIDS's encoder, decoder and fused ZINB
 likelihood with a standard-normal prior (what scVI computes per step); "supervised" and
 "unsupervised" are the real scARKIDS loss (diffusion prior bound, DDPM loss, classifier;
-unlabelled cells scored against every label). Each (variant, batch size) runs in fresh
-processes (timings in one long process drift with heap state on this VM); the table shows
-the fastest of ``--repeats`` processes, each the fastest of 5 rounds of 60 steps, at the
-given batch size and at batch 8 (the cost that does not scale with the batch:
-weight-sized products, Adam, clipping, per-op dispatch). With ``--priors``, the two real
-losses run once per prior (``SCARKIDSModule(prior=...)``), and a column gives the memory a
-step's forward pass keeps for its backward (the tensors autograd saves, at the given batch
-size, MiB): what each prior costs per step. Writes
-benchmarks/results/step_breakdown_cpu_priors.md.
+unlabelled cells scored against every label). Each (variant, batch size) runs in
+``--repeats`` fresh processes (timings in one long process drift with heap state on this
+VM), each timing the fastest of 5 rounds of 60 steps, at the given batch size and at batch 8
+(the cost that does not scale with the batch: weight-sized products, Adam, clipping, per-op
+dispatch); a column gives the memory a step's forward pass keeps for its backward (the
+tensors autograd saves, at the given batch size, MiB). With ``--priors``, the two real
+losses run once per prior (``SCARKIDSModule(prior=...)``): what each prior costs per step.
+
+Every process is a row of ``benchmarks/results/step_breakdown/runs.jsonl`` (a rerun at the
+same commit replaces its rows), and ``benchmarks/results/step_breakdown.md`` is rebuilt from
+all rows: per cells, threads, batch size, machine and commit, the median over the recorded
+processes (``--table`` only rebuilds it).
 """
 
 from __future__ import annotations
@@ -27,12 +30,17 @@ import sys
 import time
 from pathlib import Path
 
+import harness
 import scipy.sparse as sp
 import torch
 
 from scarkids.data.store import DeviceMatrix
 from scarkids.distributions.counts import softmax_count_log_prob_sum
 from scarkids.module.vae import SCARKIDSModule
+
+RUNS = harness.runs_file("step_breakdown")
+TABLE = harness.RESULTS / "step_breakdown.md"
+KEY = ("variant", "batch_size", "main_batch_size", "cells", "threads", "commit", "repeat")
 
 
 def counts(n_cells: int):
@@ -121,15 +129,57 @@ def time_step(variant: str, X, batch, labels, batch_size: int) -> tuple[float, f
     return best, saved_mib(lambda: loss_at(0), module)
 
 
+def write_table() -> Path:
+    """step_breakdown.md from every recorded process: per cells, threads, batch size,
+    machine and commit, each loss's median over its processes."""
+    rows = harness.read_runs(RUNS)
+    lines = [
+        "# Where a CPU training step goes (`python benchmarks/step_breakdown.py`)",
+        "",
+        '"vae": scARKIDS\'s encoder, decoder and fused ZINB likelihood with a standard-normal '
+        'prior (the work scVI does per step); "supervised" / "unsupervised": the whole '
+        "scARKIDS loss (with the prior named after the comma). One optimizer step on the "
+        "speed benchmark's simulated counts (2000 genes); each value the median over the "
+        "recorded processes (runs) of the fastest of 5 rounds of 60 steps in each.",
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = (r["cells"], r["threads"], r["main_batch_size"], r.get("machine"))
+        key += (harness.code_label(r),)
+        groups.setdefault(key, []).append(r)
+    for (cells, threads, batch, _, commit), runs in groups.items():
+        lines += ["", f"## {cells:,} cells, {threads} threads, batch {batch}, code {commit}", ""]
+        head = ["loss", f"ms/step at batch {batch}", "cells/s", "ms/step at batch 8"]
+        head += [f"MiB saved for backward at batch {batch}", "runs"]
+        body = []
+        for variant in dict.fromkeys(r["variant"] for r in runs):
+            main = [r for r in runs if r["variant"] == variant and r["batch_size"] == batch]
+            small = [r for r in runs if r["variant"] == variant and r["batch_size"] == 8]
+            ms = [harness.median(r["s_per_step"] for r in x) * 1e3 for x in (main, small)]
+            body.append([
+                variant.replace(":", ", "), f"{ms[0]:.2f}",
+                f"{harness.median(r['cells_per_s'] for r in main):,.0f}", f"{ms[1]:.2f}",
+                harness.fmt(harness.median(r.get("mib_saved") for r in main), 1).replace("—", "-"),
+                str(len(main)),
+            ])  # fmt: skip
+        lines += harness.md_table(head, body)
+        lines += ["", *harness.runs_section(runs)]
+    return harness.write_table(TABLE, lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--cells", type=int, default=10_000)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="fresh processes per row, each recorded")
     p.add_argument("--priors", help="e.g. diffusion,gaussian,mixture: the losses per prior")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    harness.table_option(p)
     args = p.parse_args()
+    if args.table:
+        print(write_table().read_text())
+        return
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     if args.worker:
@@ -137,42 +187,26 @@ def main() -> None:
         print(*time_step(args.worker, X, batch, labels, args.batch_size))
         return
 
-    def best(variant: str, batch_size: int) -> tuple[float, float]:
-        cmd = [sys.executable, __file__, "--worker", variant, "--batch_size", str(batch_size)]
-        cmd += ["--threads", str(args.threads), "--cells", str(args.cells)]
-        runs = [subprocess.run(cmd, capture_output=True, text=True, check=True)
-                for _ in range(args.repeats)]  # fmt: skip
-        out = [tuple(float(v) for v in r.stdout.split()[-2:]) for r in runs]
-        return min(o[0] for o in out), out[0][1]
-
     variants = ["vae", "supervised", "unsupervised"]
     if args.priors:
         variants = ["vae"] + [
             f"{mode}:{prior}" for prior in args.priors.split(",") for mode in variants[1:]
         ]
-    lines = [
-        f"| loss | ms/step at batch {args.batch_size} | cells/s | ms/step at batch 8 "
-        f"| MiB saved for backward at batch {args.batch_size} |",
-        "|---|---|---|---|---|",
-    ]
+    prov = harness.provenance(args.threads)
     for variant in variants:
-        (full, mib), (small, _) = best(variant, args.batch_size), best(variant, 8)
-        lines.append(
-            f"| {variant.replace(':', ', ')} | {full * 1e3:.2f} | {args.batch_size / full:,.0f} "
-            f"| {small * 1e3:.2f} | {mib:.1f} |"
-        )
-        print(lines[-1], flush=True)
-    command = " ".join(["python benchmarks/step_breakdown.py", *sys.argv[1:]])
-    lines += [
-        "",
-        f"Command: `{command}`; {args.threads} threads, {args.cells:,} cells x 2000 genes "
-        f"(speed.py's data), fastest of {args.repeats} processes",
-    ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.priors:  # the table without priors is kept, with its notes, by hand
-        out = Path(__file__).resolve().parent / "results" / "step_breakdown_cpu_priors.md"
-        out.write_text(text)
+        for batch_size in (args.batch_size, 8):
+            cmd = [sys.executable, __file__, "--worker", variant, "--batch_size", str(batch_size)]
+            cmd += ["--threads", str(args.threads), "--cells", str(args.cells)]
+            for repeat in range(args.repeats):
+                run = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                seconds, mib = (float(v) for v in run.stdout.split()[-2:])
+                row = dict(variant=variant, batch_size=batch_size, cells=args.cells,
+                           threads=args.threads, main_batch_size=args.batch_size,
+                           repeat=repeat, s_per_step=seconds, cells_per_s=batch_size / seconds,
+                           mib_saved=mib, **prov)  # fmt: skip
+                harness.record_run(RUNS, row, KEY)
+                print(variant, batch_size, f"{seconds * 1e3:.2f} ms/step", flush=True)
+    print(write_table().read_text())
 
 
 if __name__ == "__main__":

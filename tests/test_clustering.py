@@ -8,8 +8,13 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
-from scarkids.train.clustering import initial_clusters, n_communities, ward_merge
-from scarkids.train.loop import align_labels
+from scarkids.labels.clustering import (
+    align_labels,
+    initial_clusters,
+    merge_clusters,
+    n_communities,
+    ward_merge,
+)
 
 
 def blobs(sizes, seed=0, spread=1.0, dim=4):
@@ -103,8 +108,6 @@ def test_merging_joins_the_clusters_of_each_type(seed):
     the two types that overlap a little stay apart (unnormalised, the entropy criterion
     merges those two large types before the small cluster: it gives [[0, 1], [2, 3, 4, 5],
     [6]])."""
-    from scarkids.model.clusters import merge_clusters
-
     probs, _ = split_types(seed)
     assert merge_clusters(probs, 3) == [[0, 1, 6], [2, 3], [4, 5]]
     assert merge_clusters(probs, 3, max_cells=500) == [[0, 1, 6], [2, 3], [4, 5]]
@@ -112,8 +115,6 @@ def test_merging_joins_the_clusters_of_each_type(seed):
 
 
 def test_merging_to_as_many_clusters_or_more_keeps_each():
-    from scarkids.model.clusters import merge_clusters
-
     probs, _ = split_types()
     assert merge_clusters(probs, 7) == merge_clusters(probs, 20) == [[j] for j in range(7)]
     with pytest.raises(ValueError, match="max_clusters"):

@@ -93,7 +93,7 @@ SCRIPT = """
 import hashlib, sys, torch
 torch.set_num_threads(1)
 from scarkids import SCARKIDS
-from scarkids.train import distributed
+from scarkids.compute import distributed
 from scarkids.datasets import simulate
 adata = simulate(600, 80, n_batches=2, n_cell_types=3, seed=1)
 SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="cell_type")

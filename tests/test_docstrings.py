@@ -10,11 +10,13 @@ import pytest
 
 import scarkids
 import scarkids.config
+import scarkids.config.translate
 import scarkids.datasets
 import scarkids.evaluation
 import scarkids.pl
 from scarkids.module import DiffusionPrior, SCARKIDSModule
 from scarkids.train import TrainingSettings
+from scarkids.train.settings import training_budget
 
 FUNCTIONS = [
     scarkids.datasets.simulate,
@@ -27,6 +29,10 @@ FUNCTIONS = [
     scarkids.config.load_config,
     scarkids.config.resolve_config,
     scarkids.config.session_list,
+    scarkids.config.translate.translate,
+    scarkids.config.translate.model_kwargs,
+    scarkids.config.translate.train_kwargs,
+    training_budget,
 ]
 CLASSES = [scarkids.SCARKIDS, SCARKIDSModule, DiffusionPrior, TrainingSettings]
 

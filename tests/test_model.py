@@ -147,13 +147,13 @@ def test_bad_cluster_numbers_are_one_line_errors(kwargs):
 def test_a_later_session_keeps_the_cluster_numbers():
     """Clusters re-merged after a later session keep the number of the earlier cluster
     they share most components with; new ones follow."""
-    from scarkids.model.base import _keep_cluster_numbers
+    from scarkids.labels.clustering import keep_cluster_numbers
 
     old = [["c"], ["a"], ["d", "e"]]
     new = [["a", "b"], ["c"], ["d"], ["f"]]
-    assert _keep_cluster_numbers(new, old) == [["c"], ["a", "b"], ["d"], ["f"]]
-    assert _keep_cluster_numbers(new, None) == new
-    assert _keep_cluster_numbers([["a", "c"]], old) == [["a", "c"]]
+    assert keep_cluster_numbers(new, old) == [["c"], ["a", "b"], ["d"], ["f"]]
+    assert keep_cluster_numbers(new, None) == new
+    assert keep_cluster_numbers([["a", "c"]], old) == [["a", "c"]]
 
 
 @pytest.mark.slow
@@ -356,12 +356,29 @@ def test_the_automatic_epoch_budget_is_said(monkeypatch, caplog, capsys):
     """train() without max_epochs says how many epochs it chose and why."""
     import logging
 
-    import scarkids.model.base as base
+    import scarkids.train.settings as settings
 
-    monkeypatch.setattr(base, "default_max_epochs", lambda n: 2)
+    monkeypatch.setattr(settings, "default_max_epochs", lambda n: 2)
     adata = scarkids.datasets.simulate(120, 30, n_batches=2, n_cell_types=2, seed=0)
     SCARKIDS.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
     with caplog.at_level(logging.INFO, logger="scarkids"):
         SCARKIDS(adata, n_latent=3, n_diffusion_steps=10).train(progress_bar=True)
     said = "scARKIDS: 2 epochs (automatic: about 5e+05 cell passes for 120 cells"
     assert said in caplog.text and said in capsys.readouterr().out
+
+
+def test_classifier_dims_limits_the_classifier_to_the_first_latent_dimensions():
+    import torch
+
+    from scarkids.module import SCARKIDSModule
+
+    module = SCARKIDSModule(30, 2, 3, n_latent=6, classifier_dims=2, prior="mixture")
+    module.eval()
+    z = torch.randn(8, 6)
+    moved = z.clone()
+    moved[:, 2:] += 5.0  # the dimensions the classifier does not read
+    assert torch.allclose(module.label_log_probs(z), module.label_log_probs(moved))
+    moved[:, 0] += 5.0
+    assert not torch.allclose(module.label_log_probs(z), module.label_log_probs(moved))
+    with pytest.raises(ValueError, match="classifier_dims"):
+        SCARKIDSModule(30, 2, 3, n_latent=6, classifier_dims=7)

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from scarkids import SCARKIDS, ScarkidsError, cli
+from scarkids.cli.prepare import check_columns, zero_count_cells
 from scarkids.data.files import write_h5ad
-from scarkids.data.preprocess import check_columns, zero_count_cells
 
 SETTINGS = settings(
     max_examples=15,

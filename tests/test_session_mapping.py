@@ -15,7 +15,8 @@ import yaml
 from scarkids import SCARKIDS, cli
 from scarkids.data.files import write_h5ad
 from scarkids.data.simulate import simulate
-from scarkids.model.uncertainty import ALIGNED_SHIFT, unknown_summary
+from scarkids.labels.unknown import unknown_summary
+from scarkids.model.uncertainty import ALIGNED_SHIFT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,6 +12,9 @@ UNLABELED = -1
 #: the noise network's label index of cell type k is ``k + LABEL_OFFSET``; index 0 is the
 #: null label ("unconditional"), so that new cell types are appended without moving rows
 LABEL_OFFSET = 1
+#: the most clusters an unsupervised model reports when none is given: the default of
+#: ``SCARKIDS(n_labels=...)`` and the value of ``global.n_cell_types: null``
+DEFAULT_N_LABELS = 10
 
 #: the files ``--mode inference`` writes to the output folder
 LATENT_FILE = "latent_embeddings.npy"

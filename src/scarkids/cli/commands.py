@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     from scarkids.cli.common import console_logging
-    from scarkids.train import distributed
+    from scarkids.compute import distributed
 
     args.argv = argv
     # in a distributed run only rank 0 talks; the others report errors only
@@ -423,7 +423,7 @@ def _ignored_seed_flags(args) -> None:
 
 def _relaunch(args) -> int | None:
     """``--devices N`` (N > 1) outside torchrun: start N processes of the same command."""
-    from scarkids.train import distributed
+    from scarkids.compute import distributed
 
     if args.devices is None or distributed.launched_by_torchrun():
         return None
@@ -607,7 +607,7 @@ def _cmd_evaluate(args) -> int:
 
     import numpy as np
 
-    from scarkids.data.preprocess import read_h5ad
+    from scarkids.cli.prepare import read_h5ad
     from scarkids.metrics.scib import evaluate, write_evaluation
 
     adata = read_h5ad(args.data)

@@ -15,10 +15,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from scarkids.compute import distributed
 from scarkids.config.load import config_hash, load_config
 from scarkids.data.files import write_atomic, write_h5ad, write_json  # noqa: F401 (re-exported)
 from scarkids.errors import ConfigError, InputDataError
-from scarkids.train import distributed
 
 #: the logger every run message goes to (console and ``training.log``)
 RUN_LOGGER = "scarkids"
@@ -70,43 +70,6 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def module_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of :class:`scarkids.module.SCARKIDSModule` from a resolved config."""
-    enc, lik = cfg["encoder"], cfg["likelihood"]
-    fwd, bwd, clf = cfg["ddpm_forward"], cfg["ddpm_backward"], cfg["classifier"]
-    if enc["use_batch_norm"]:
-        norm = "batch"
-    elif enc["use_layer_norm"]:
-        norm = "layer"
-    else:
-        norm = "none"
-    return {
-        "encoder_hidden_dims": list(enc["hidden_dims"]),
-        "decoder_hidden_dim": lik["hidden_dim"],
-        "decoder_layers": lik["n_layers"],
-        "classifier_hidden_dim": clf["hidden_dim"],
-        "classifier_layers": clf["n_layers"],
-        "dropout": cfg["global"]["dropout"],
-        "norm": norm,
-        "encode_batch": enc["use_batch"],
-        "input_transform": enc["input_transform"],
-        "likelihood": lik["distribution"],
-        "dispersion": lik["dispersion_mode"],
-        "n_diffusion_steps": cfg["global"]["n_diffusion_steps"],
-        "beta_schedule": fwd["beta_schedule"],
-        "beta_min": fwd["beta_min"],
-        "beta_max": fwd["beta_max"],
-        "noise_hidden_dim": bwd["noise_hidden_dim"],
-        "noise_n_layers": bwd["noise_n_layers"],
-        "timestep_embed_dim": bwd["timestep_embed_dim"],
-        "null_label_prob": bwd["null_label_prob"],
-        "prior_training": bwd["prior_training"],
-        "importance_sampling": bwd["importance_sampling"],
-        "label_prior_probs": cfg["prior"]["cell_type_prior_probs"],
-        "prior": cfg["prior"]["type"],
-    }
 
 
 def require(cfg: Mapping[str, Any], dotted: str, why: str) -> Any:

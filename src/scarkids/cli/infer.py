@@ -18,7 +18,17 @@ import pandas as pd
 
 from scarkids.cli import report
 from scarkids.cli.common import check_writable_dir, require, versions, write_atomic, write_json
+from scarkids.cli.prepare import check_columns, read_h5ad, restrict_genes, zero_count_cells
 from scarkids.config.load import config_hash
+from scarkids.config.translate import (
+    de_kwargs,
+    expression_kwargs,
+    latent_kwargs,
+    load_kwargs,
+    predict_kwargs,
+    refine_kwargs,
+    setup_kwargs,
+)
 from scarkids.constants import (
     BEST_CHECKPOINT,
     DE_FILE,  # noqa: F401 (the file names, re-exported)
@@ -30,7 +40,6 @@ from scarkids.constants import (
     RUN_INFO_FILE,
 )
 from scarkids.data.files import write_h5ad
-from scarkids.data.preprocess import check_columns, read_h5ad, restrict_genes, zero_count_cells
 from scarkids.errors import InputDataError
 from scarkids.pl.plots import warm_umap
 
@@ -115,26 +124,25 @@ class _Run:
 
 
 def _open(cfg, checkpoint, data_path, output_dir) -> _Run:
+    from scarkids.compute.device import resolve_device
     from scarkids.model.base import SCARKIDS
-    from scarkids.train.device import resolve_device
 
-    inf = cfg["inference"]
     ckpt = Path(checkpoint or Path(cfg["training"]["checkpoint_dir"]) / BEST_CHECKPOINT)
     path = data_path or require(cfg, "data.test_data_path", "for inference (or pass --data_path)")
     out_dir = check_writable_dir(
-        output_dir or inf["output_dir"],
+        output_dir or cfg["inference"]["output_dir"],
         "the output directory (--output_dir / inference.output_dir)",
     )
-    device = resolve_device(inf["device"])
+    device = resolve_device(load_kwargs(cfg)["device"])
     model = SCARKIDS.load(ckpt, device=device)
-    target, target_index = _target_batch(model, inf["default_target_batch"])
+    target, target_index = _target_batch(model, expression_kwargs(cfg)["transform_batch"])
     log.info("scARKIDS inference | checkpoint %s (%r) | device %s", ckpt, model, device)
     adata = _read_query(cfg, model, path)
-    groupby = inf["differential_expression"]["groupby"]
-    if groupby is not None and groupby not in adata.obs:
+    de = de_kwargs(cfg)
+    if de is not None and de["groupby"] not in adata.obs:
         raise InputDataError(
-            f"inference.differential_expression.groupby: {groupby!r} is not a column of obs in "
-            f"{path}; columns: {', '.join(map(str, list(adata.obs.columns)[:12]))}"
+            f"inference.differential_expression.groupby: {de['groupby']!r} is not a column of "
+            f"obs in {path}; columns: {', '.join(map(str, list(adata.obs.columns)[:12]))}"
         )
     log.info("Data: %s: %d cells | target batch %r", path, adata.n_obs, target)
     return _Run(model, adata, ckpt, path, out_dir, device, target, target_index)
@@ -142,58 +150,36 @@ def _open(cfg, checkpoint, data_path, output_dir) -> _Run:
 
 def _compute(cfg, run: _Run, timer: _Timer) -> dict[str, Any]:
     """The latent, the refined latent (or None) and the prediction table."""
-    inf, model, adata = cfg["inference"], run.model, run.adata
-    latent = model.get_latent_representation(adata, batch_size=inf["batch_size"])
+    model, adata = run.model, run.adata
+    latent = model.get_latent_representation(adata, **latent_kwargs(cfg))
     timer.lap("embed")
-    refined = None
-    if inf["use_ddpm_refinement"]:
-        refined = model.refine_latent(
-            adata,
-            n_steps=inf["n_refinement_steps"],
-            seed=cfg["training"]["seed"],
-            batch_size=inf["batch_size"],
-            latent=latent,
-            n_sampling_steps=inf["n_refinement_sampling_steps"],
-        )
+    refined, refine = None, refine_kwargs(cfg)
+    if refine is not None:
+        refined = model.refine_latent(adata, latent=latent, **refine)
         timer.lap("refine")
-        sampling = inf["n_refinement_sampling_steps"]
+        sampling = refine["n_sampling_steps"]
         log.info(
             "Refined the latent with %d denoising steps%s",
-            inf["n_refinement_steps"],
+            refine["n_steps"],
             "" if sampling is None else f" (strided sampler: {sampling} reverse steps)",
         )
-    predictions = model.predict_with_uncertainty(
-        adata,
-        confidence_threshold=inf["confidence_threshold"],
-        novelty_quantile=inf["novelty_quantile"],
-        latent=latent,
-        max_clusters=inf["max_clusters"],
-        warn_share=inf["unknown_warning_share"],
-    )
-    if (
-        inf["novelty_quantile"] is not None
-        and model.novelty_threshold(inf["novelty_quantile"]) is None
-    ):
+    predict = predict_kwargs(cfg)
+    predictions = model.predict_with_uncertainty(adata, latent=latent, **predict)
+    quantile = predict["novelty_quantile"]
+    if quantile is not None and model.novelty_threshold(quantile) is None:
         log.info("The checkpoint has no validation novelty: cells are flagged by probability only")
     predictions.index = adata.obs_names
     timer.lap("predict")
-    de, de_cfg = None, inf["differential_expression"]
-    if de_cfg["groupby"] is not None:
-        de = model.differential_expression(
-            adata,
-            groupby=de_cfg["groupby"],
-            mode=de_cfg["mode"],
-            delta=de_cfg["delta"],
-            fdr_target=de_cfg["fdr_target"],
-            seed=cfg["training"]["seed"],
-        )
-        called = int(de[f"is_de_fdr_{de_cfg['fdr_target']}"].sum())
+    de, de_args = None, de_kwargs(cfg)
+    if de_args is not None:
+        de = model.differential_expression(adata, **de_args)
+        called = int(de[f"is_de_fdr_{de_args['fdr_target']}"].sum())
         log.info(
             "Differential expression by %r: %d comparison(s), %d gene calls at FDR %s",
-            de_cfg["groupby"],
+            de_args["groupby"],
             de["comparison"].nunique(),
             called,
-            de_cfg["fdr_target"],
+            de_args["fdr_target"],
         )
         timer.lap("differential_expression")
     return {"latent": latent, "refined": refined, "predictions": predictions, "de": de}
@@ -224,18 +210,17 @@ def _write_outputs(cfg, run: _Run, outputs: dict, timer: _Timer) -> list[Path]:
             write_atomic(out_dir / PREDICTIONS_FILE, lambda tmp: table.to_csv(tmp, index=False))
         )
     if inf["save_corrected_expression"]:
+        expression = {**expression_kwargs(cfg), "transform_batch": run.target_index}
         chunks = model.iter_normalized_expression(
             run.adata,
-            transform_batch=run.target_index,
-            library_size=inf["library_size"],
-            batch_size=min(inf["batch_size"], 1024),
+            **expression,
             latent=embedding,  # no second encoder pass
         )
         out = _expression_adata(run.adata, model, latent, refined, predictions)
         out.uns["scarkids"] = {
             "target_batch": run.target,
             "target_batch_index": run.target_index,
-            "library_size": inf["library_size"],
+            "library_size": expression["library_size"],
             "refined": refined is not None,
             "checkpoint": str(run.checkpoint),
             "version": versions()["scarkids"],
@@ -249,7 +234,7 @@ def _write_outputs(cfg, run: _Run, outputs: dict, timer: _Timer) -> list[Path]:
 
 
 def _run_info(cfg, config_path, run: _Run, outputs, written, timings) -> dict[str, Any]:
-    inf, refined = cfg["inference"], outputs["refined"]
+    refine = refine_kwargs(cfg) if outputs["refined"] is not None else None
     return {
         "checkpoint": str(run.checkpoint),
         "checkpoint_config_hash": run.model.extra.get("config_hash"),
@@ -263,9 +248,9 @@ def _run_info(cfg, config_path, run: _Run, outputs, written, timings) -> dict[st
         "target_batch": run.target,
         "target_batch_index": run.target_index,
         "refinement": {
-            "used": refined is not None,
-            "n_steps": inf["n_refinement_steps"] if refined is not None else None,
-            "n_sampling_steps": inf["n_refinement_sampling_steps"] if refined is not None else None,
+            "used": refine is not None,
+            "n_steps": refine["n_steps"] if refine is not None else None,
+            "n_sampling_steps": refine["n_sampling_steps"] if refine is not None else None,
         },
         "device": str(run.device),
         "versions": versions(),
@@ -294,23 +279,16 @@ def _target_batch(model, value) -> tuple[str, int]:
 
 def _read_query(cfg, model, path: str):
     """The data file, restricted to the model's genes, set up and checked against the model."""
-    data, reg = cfg["data"], model.registry
+    setup, reg = {**setup_kwargs(cfg), "labels_key": None}, model.registry
     adata = read_h5ad(path, what="data file")
-    batch_key = data["batch_key"]
-    if batch_key not in adata.obs.columns and reg.batch_key in adata.obs.columns:
-        batch_key = reg.batch_key  # the checkpoint's column, when the config names another
-    check_columns(adata, path, batch_key=batch_key, labels_key=None)
+    if setup["batch_key"] not in adata.obs.columns and reg.batch_key in adata.obs.columns:
+        setup["batch_key"] = reg.batch_key  # the checkpoint's column, when the config names another
+    check_columns(adata, path, batch_key=setup["batch_key"], labels_key=None)
     adata = restrict_genes(adata, reg.gene_names, path)
     adata = zero_count_cells(
-        adata, path, layer=data["counts_layer"], mode=data["zero_count_cells"], drop=False
+        adata, path, layer=setup["layer"], mode=cfg["data"]["zero_count_cells"], drop=False
     )
-    type(model).setup_anndata(
-        adata,
-        batch_key=batch_key,
-        labels_key=None,
-        layer=data["counts_layer"],
-        unlabeled_category=data["unlabeled_category"],
-    )
+    type(model).setup_anndata(adata, **setup)
     model.check_query(adata, source=str(path))  # unseen batches, gene overlap
     return adata
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from scarkids.data.preprocess import (
-    categories,
+from scarkids.cli.prepare import (
     check_columns,
     check_maxima,
     read_h5ad,
@@ -18,6 +17,7 @@ from scarkids.data.preprocess import (
     select_genes,
     zero_count_cells,
 )
+from scarkids.data.registry import sorted_categories
 from scarkids.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -79,11 +79,11 @@ def check_categories(cfg, adata, val_adata, base, labels_key, source: str) -> No
     """Batches and cell types within the configured maxima; prior probabilities that fit."""
     glob, data = cfg["global"], cfg["data"]
     frames = [a for a in (adata, val_adata) if a is not None]
-    batches = set().union(*(categories(a.obs[data["batch_key"]]) for a in frames))
+    batches = set().union(*(sorted_categories(a.obs[data["batch_key"]]) for a in frames))
     labels = None
     if labels_key is not None:
         labels = set().union(
-            *(categories(a.obs[labels_key], data["unlabeled_category"]) for a in frames)
+            *(sorted_categories(a.obs[labels_key], data["unlabeled_category"]) for a in frames)
         )
     if base is not None:
         batches |= set(base.registry.batch_categories)
@@ -104,7 +104,7 @@ def check_categories(cfg, adata, val_adata, base, labels_key, source: str) -> No
         return
     if labels_key is not None:
         n, what = (
-            len(categories(adata.obs[labels_key], data["unlabeled_category"])),
+            len(sorted_categories(adata.obs[labels_key], data["unlabeled_category"])),
             "cell types in the train data",
         )
     else:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from scarkids.cli.common import RUN_LOGGER, versions
+from scarkids.compute import distributed
 from scarkids.constants import (
     BEST_CHECKPOINT,
     DE_FILE,
@@ -32,7 +33,6 @@ from scarkids.constants import (
 )
 from scarkids.errors import InputDataError
 from scarkids.pl.report import REPORT_FILE, ReportContent, subsample, subset_rows, write_report
-from scarkids.train import distributed
 
 log = logging.getLogger("scarkids.run")
 

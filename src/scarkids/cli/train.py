@@ -22,16 +22,17 @@ from scarkids.cli import report
 from scarkids.cli.common import (
     DeferredLog,
     check_writable_dir,
-    module_kwargs,
     require,
     training_hash,
     versions,
 )
 from scarkids.cli.inputs import check_categories, read_training_file, read_validation_file
 from scarkids.cli.logs import epoch_line, log_validation_metrics
+from scarkids.cli.prepare import fingerprint
 from scarkids.config.load import config_hash, session_list
+from scarkids.config.translate import model_kwargs, n_labels, setup_kwargs, train_kwargs
 from scarkids.constants import BEST_CHECKPOINT, LAST_CHECKPOINT
-from scarkids.data.preprocess import categories, fingerprint
+from scarkids.data.registry import sorted_categories as categories  # the one ordering rule
 from scarkids.errors import CheckpointError, ConfigError, InputDataError
 from scarkids.model import checkpoint
 
@@ -112,10 +113,9 @@ class _Session:
     val_adata: Any
     fingerprint: dict
     resume_hash: str
-    n_epochs: int
-    batch_size: int
-    learning_rate: float
-    scheduler: str | None
+    #: the keyword arguments of SCARKIDS.train from the config, epochs, batch size, learning
+    #: rate and device resolved
+    train_kwargs: dict
     mode: str
 
 
@@ -166,22 +166,17 @@ def _write_report(session: _Session, model, result: dict, warned: list[str], sec
 
 def _prepare_session(cfg: dict, *, name: str, config_path: str, banner: str | None) -> _Session:
     """Check paths, read and check the data files, decide the epoch budget."""
-    from scarkids.model.base import SCARKIDS
-    from scarkids.train.device import resolve_device
-    from scarkids.train.settings import batch_and_rate
+    from scarkids.compute.device import resolve_device
+    from scarkids.train.settings import training_budget
 
-    glob, data, tr = cfg["global"], cfg["data"], cfg["training"]
+    tr = cfg["training"]
     device = resolve_device(tr["device"])
     train_path = require(cfg, "data.train_data_path", "for training")
-    ckpt_dir = check_writable_dir(tr["checkpoint_dir"], "training.checkpoint_dir")
-    if tr["output_checkpoint"]:
-        check_writable_dir(
-            checkpoint.resolve_path(tr["output_checkpoint"]).parent, "training.output_checkpoint"
-        )
-    scheduler = _scheduler(tr)  # warns about an unsupported scheduler before any work
-    mode = "supervised" if glob["supervised"] else "unsupervised"
+    ckpt_dir = _check_output_dirs(tr)
+    kwargs = train_kwargs(cfg)  # warns about an unsupported scheduler before any work
+    mode = "supervised" if kwargs["supervised"] else "unsupervised"
     if banner:
-        epochs = tr["n_epochs"] if tr["n_epochs"] else "auto (from the data size)"
+        epochs = kwargs["max_epochs"] or "auto (from the data size)"
         log.info("%s (%s), %s epochs", banner, mode, epochs)
     log.info(
         "scARKIDS %s | session %s | config %s (hash %s) | seed %d | device %s",
@@ -189,19 +184,11 @@ def _prepare_session(cfg: dict, *, name: str, config_path: str, banner: str | No
         name,
         config_path,
         config_hash(cfg),
-        tr["seed"],
+        kwargs["seed"],
         device,
     )
-    base = None
-    if tr["resume_from"] is not None:
-        if not Path(tr["resume_from"]).exists():
-            raise ConfigError(
-                f"training.resume_from: {tr['resume_from']} not found; train the previous "
-                "session first or fix the path"
-            )
-        base = SCARKIDS.load(tr["resume_from"], device="cpu")
-
-    labels_key = data["cell_type_key"] if glob["supervised"] else None
+    base = _starting_model(tr["resume_from"])
+    labels_key = setup_kwargs(cfg)["labels_key"]
     genes = base.registry.gene_names if base is not None else None
     adata, n_file_genes = read_training_file(cfg, train_path, "train data file", labels_key, genes)
     genes = list(adata.var_names) if genes is None else genes
@@ -213,12 +200,25 @@ def _prepare_session(cfg: dict, *, name: str, config_path: str, banner: str | No
     resume_hash = training_hash(cfg)
     if base is not None:  # a session resumes only on top of the same starting weights
         resume_hash = f"{resume_hash}+{_weights_digest(base)}"
-    batch_size, learning_rate = batch_and_rate(
-        tr["batch_size"], tr["learning_rate"], adata.n_obs, device.type
+    budget = training_budget(
+        kwargs["max_epochs"],
+        kwargs["batch_size"],
+        kwargs["learning_rate"],
+        adata.n_obs,
+        device.type,
+        wording="config",
     )
-    if tr["batch_size"] is None:  # automatic: a run resumes only at the size it began with
-        resume_hash = f"{resume_hash}+batch_size={batch_size}"
-        log.info("Batch size %d (automatic, %s)", batch_size, device.type)
+    if "batch_size" in budget.reasons:  # automatic: a run resumes only at the size it began with
+        resume_hash = f"{resume_hash}+batch_size={budget.batch_size}"
+        log.info("Batch size %d (%s)", budget.batch_size, budget.reasons["batch_size"])
+    if "max_epochs" in budget.reasons:
+        log.info("Epochs: %d (%s)", budget.max_epochs, budget.reasons["max_epochs"])
+    kwargs.update(
+        max_epochs=budget.max_epochs,
+        batch_size=budget.batch_size,
+        learning_rate=budget.learning_rate,
+        device=device,
+    )
     return _Session(
         name=name,
         cfg=cfg,
@@ -232,12 +232,33 @@ def _prepare_session(cfg: dict, *, name: str, config_path: str, banner: str | No
         val_adata=val_adata,
         fingerprint=fingerprint(adata),
         resume_hash=resume_hash,
-        n_epochs=_epoch_budget(tr, adata.n_obs),
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        scheduler=scheduler,
+        train_kwargs=kwargs,
         mode=mode,
     )
+
+
+def _check_output_dirs(tr: Mapping[str, Any]) -> Path:
+    """The checkpoint folder (and the output checkpoint's), checked writable before any work."""
+    ckpt_dir = check_writable_dir(tr["checkpoint_dir"], "training.checkpoint_dir")
+    if tr["output_checkpoint"]:
+        check_writable_dir(
+            checkpoint.resolve_path(tr["output_checkpoint"]).parent, "training.output_checkpoint"
+        )
+    return ckpt_dir
+
+
+def _starting_model(resume_from: str | None):
+    """The model of ``training.resume_from`` (a previous session's), or None."""
+    from scarkids.model.base import SCARKIDS
+
+    if resume_from is None:
+        return None
+    if not Path(resume_from).exists():
+        raise ConfigError(
+            f"training.resume_from: {resume_from} not found; train the previous "
+            "session first or fix the path"
+        )
+    return SCARKIDS.load(resume_from, device="cpu")
 
 
 def _log_data(cfg, train_path: str, adata, val_adata, n_file_genes: int, mode: str) -> None:
@@ -258,23 +279,6 @@ def _log_data(cfg, train_path: str, adata, val_adata, n_file_genes: int, mode: s
             "Validation data: %.0f%% of the train cells (data.val_fraction)",
             100 * data["val_fraction"],
         )
-
-
-def _epoch_budget(tr: Mapping[str, Any], n_cells: int) -> int:
-    """``training.n_epochs``, or the automatic budget, said with its reason."""
-    from scarkids.train.state import CELL_PASSES, default_max_epochs
-
-    if tr["n_epochs"]:
-        return tr["n_epochs"]
-    n_epochs = default_max_epochs(n_cells)
-    log.info(
-        "Epochs: %d (automatic: about %.0e cell passes for %s cells, 20 to 400 epochs; set "
-        "training.n_epochs to choose)",
-        n_epochs,
-        CELL_PASSES,
-        f"{n_cells:,}",
-    )
-    return n_epochs
 
 
 def _build_or_resume(session: _Session, fresh: bool):
@@ -305,63 +309,46 @@ def _provenance(session: _Session, freeze_from: int | None) -> dict:
         "config_hash": config_hash(cfg),
         "resume_hash": session.resume_hash,
         "config_path": session.config_path,
-        "seed": cfg["training"]["seed"],
+        "seed": session.train_kwargs["seed"],
         "session": session.name,
         "data_fingerprint": session.fingerprint,
         "versions": versions(),
-        "n_epochs": session.n_epochs,
+        "n_epochs": session.train_kwargs["max_epochs"],
         "freeze_from": freeze_from,
     }
 
 
 def _fit(session: _Session, model, resume_state, freeze_from, extra: dict, on_first_write):
     """Train, writing checkpoints every epoch; Ctrl-C says where the last epoch is."""
-    data, tr = session.cfg["data"], session.cfg["training"]
+    kwargs = session.train_kwargs
     callback = _checkpointer(
         model,
-        tr,
+        session.cfg["training"],
         extra,
-        session.n_epochs,
+        kwargs["max_epochs"],
         session.last_path,
         session.best_path,
         on_first_write,
-        early_stopping=tr["early_stopping"],
+        early_stopping=kwargs["early_stopping"],
     )
     log.info(
         "Training %d epochs | batch size %d | learning rate %g | checkpoints in %s",
-        session.n_epochs,
-        session.batch_size,
-        session.learning_rate,
+        kwargs["max_epochs"],
+        kwargs["batch_size"],
+        kwargs["learning_rate"],
         session.ckpt_dir,
     )
     started = time.perf_counter()
     try:
         model.train(
-            session.n_epochs,
             adata=session.adata,
             validation_adata=session.val_adata,
-            batch_size=session.batch_size,
-            learning_rate=session.learning_rate,
-            weight_decay=tr["weight_decay"],
-            validation_fraction=data["val_fraction"],
-            early_stopping=tr["early_stopping"],
-            early_stopping_patience=tr["early_stopping_patience"],
-            kl_warmup_epochs=tr["kl_warmup_epochs"],
-            lr_warmup_epochs=tr["lr_warmup_epochs"],
-            lr_scheduler=session.scheduler,
-            classification_weight=tr["classification_weight"],
-            grad_clip_norm=tr["grad_clip_norm"],
-            mixed_precision=tr["use_amp"],
-            supervised=session.cfg["global"]["supervised"],
-            freeze=tr["freeze"],
             freeze_from=freeze_from,
-            nan_retries=tr["nan_retries"],
-            seed=tr["seed"],
-            device=session.device,
             progress_bar=False,
             name=session.name,
             resume_state=resume_state,
             on_epoch_end=callback,
+            **kwargs,
         )
     except KeyboardInterrupt:
         where = (
@@ -377,16 +364,16 @@ def _fit(session: _Session, model, resume_state, freeze_from, extra: dict, on_fi
 
 def _finalise(session: _Session, model, state, extra: dict, seconds: float) -> dict:
     """Write the final best checkpoint, log the selection and the validation metrics."""
-    tr, data = session.cfg["training"], session.cfg["data"]
+    tr, data, kwargs = session.cfg["training"], session.cfg["data"], session.train_kwargs
     extra = {**extra, "complete": True, "best_epoch": state.best_epoch + 1}
     model.save(session.best_path, extra=extra)
     if state.stopped_early:
         log.info(
             "Early stopping at epoch %d: no improvement for %d epochs",
             state.epoch,
-            tr["early_stopping_patience"],
+            kwargs["early_stopping_patience"],
         )
-    if tr["early_stopping"]:
+    if kwargs["early_stopping"]:
         monitored = "val loss" if any(k.startswith("val_") for k in state.history) else "train loss"
         log.info(
             "Best epoch: %d (%s %.5g) -> %s | %.1f s",
@@ -425,10 +412,10 @@ def _finalise(session: _Session, model, state, extra: dict, seconds: float) -> d
         log.info("Wrote %s (final model of session %s)", output, session.name)
     if session.val_adata is not None:
         metrics = log_validation_metrics(
-            model, session.val_adata, data, tr["seed"], role="validation"
+            model, session.val_adata, data, kwargs["seed"], role="validation"
         )
     else:
-        metrics = log_validation_metrics(model, session.adata, data, tr["seed"], role="train")
+        metrics = log_validation_metrics(model, session.adata, data, kwargs["seed"], role="train")
     return {
         "name": session.name,
         "output": output,
@@ -443,16 +430,6 @@ def _finalise(session: _Session, model, state, extra: dict, seconds: float) -> d
 # --------------------------------------------------------------------------- steps
 
 
-def _scheduler(tr: Mapping[str, Any]) -> str | None:
-    if tr["lr_scheduler"] == "plateau":
-        log.warning(
-            "training.lr_scheduler: plateau is not supported; using a constant learning rate "
-            "(use cosine or step)"
-        )
-        return None
-    return tr["lr_scheduler"]
-
-
 def _check_cluster_count(cfg, adata, val_adata, base, source: str) -> None:
     """Unsupervised training clusters every cell into the model's label slots (k-means): it
     needs at least as many cells as clusters."""
@@ -461,7 +438,7 @@ def _check_cluster_count(cfg, adata, val_adata, base, source: str) -> None:
     if base is not None:
         n_clusters = base.registry.max_clusters or len(base.registry.label_categories)
     else:
-        n_clusters = cfg["global"]["n_cell_types"] or 10
+        n_clusters = n_labels(cfg)
     n_cells = adata.n_obs + (val_adata.n_obs if val_adata is not None else 0)
     if n_cells < n_clusters:
         raise InputDataError(
@@ -473,15 +450,7 @@ def _check_cluster_count(cfg, adata, val_adata, base, source: str) -> None:
 def _new_model(cfg, adata):
     from scarkids.model.base import SCARKIDS
 
-    glob = cfg["global"]
-    model = SCARKIDS(
-        adata,
-        n_latent=glob["latent_dim"],
-        n_labels=glob["n_cell_types"] or 10,
-        cluster_factor=glob["cluster_factor"],
-        seed=cfg["training"]["seed"],
-        **module_kwargs(cfg),
-    )
+    model = SCARKIDS(adata, **model_kwargs(cfg))
     log.info("Model: %r", model)
     return model
 

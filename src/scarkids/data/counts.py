@@ -43,14 +43,15 @@ def check_counts(X, *, where: str, what: str = "X") -> sp.csr_matrix:
         if data.min() < 0:
             raise InputDataError(
                 f"{where}: {what} has negative values (min {data.min():.3g}); it looks scaled or "
-                "normalised, give raw counts (set data.counts_layer if they are in a layer)"
+                "normalised, give raw counts (pass layer= to setup_anndata if they are in a layer)"
             )
         example = _first_non_integer(data)
         if example is not None:
             hint = "it looks log-normalised" if data.max() < 20 else "values are not integers"
             raise InputDataError(
                 f"{where}: {what} does not hold raw counts ({hint}, e.g. {example:.4g}); "
-                "give integer counts (set data.counts_layer if they are in a layer, or round them)"
+                "give integer counts (pass layer= to setup_anndata if they are in a layer, or round "
+                "them)"
             )
     _remember(source)
     return X

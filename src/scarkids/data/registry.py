@@ -72,7 +72,7 @@ def get_counts(adata, layer: str | None, *, source: str | None = None) -> sp.csr
         if layer not in adata.layers:
             raise InputDataError(
                 f"{where}: layer {layer!r} not found (layers: {sorted(adata.layers)}); "
-                "set data.counts_layer to the layer holding raw counts, or null to use X"
+                "pass layer= the layer holding raw counts (setup_anndata), or layer=None to use X"
             )
         X = adata.layers[layer]
         what = f"layers[{layer!r}]"
@@ -139,9 +139,16 @@ def obs_column(adata, key: str, *, source: str | None, what: str) -> pd.Series:
 
 
 def sorted_categories(series: pd.Series, exclude: str | None = None) -> list[str]:
-    """Category names in their categorical order (or sorted), NaN and ``exclude`` removed."""
+    """Category names in their categorical order (or sorted), NaN and ``exclude`` removed.
+
+    The one category-ordering rule: the model's registry and the command line's checks use it.
+    Only categories that occur are kept.
+    """
     if isinstance(series.dtype, pd.CategoricalDtype):
-        cats = [str(c) for c in series.cat.categories if (series == c).any()]
+        used = np.zeros(len(series.cat.categories), dtype=bool)
+        codes = np.asarray(series.cat.codes)
+        used[codes[codes >= 0]] = True  # one pass, not one comparison per category
+        cats = [str(c) for c, u in zip(series.cat.categories, used, strict=True) if u]
     else:
         cats = sorted({str(v) for v in series.dropna().unique()})
     return [c for c in cats if c != exclude]

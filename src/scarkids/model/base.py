@@ -11,6 +11,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from scarkids.compute import distributed
+from scarkids.compute.device import resolve_device
+from scarkids.compute.memory import releasing_memory
+from scarkids.constants import DEFAULT_N_LABELS
 from scarkids.data.backed import BackedCounts, ChunkedStore
 from scarkids.data.counts import select_columns
 from scarkids.data.registry import (
@@ -24,6 +28,7 @@ from scarkids.data.registry import (
 )
 from scarkids.data.store import DeviceMatrix
 from scarkids.errors import InputDataError
+from scarkids.labels import space
 from scarkids.model.de import ModelDifferentialExpression
 from scarkids.model.generation import ModelGeneration, library_fit
 from scarkids.model.outputs import ModelOutputs
@@ -32,22 +37,18 @@ from scarkids.model.report import ModelReport
 from scarkids.model.surgery import ReferenceMapping
 from scarkids.model.uncertainty import ModelUncertainty
 from scarkids.module.vae import SCARKIDSModule
-from scarkids.train import distributed
-from scarkids.train.device import resolve_device
 from scarkids.train.loop import (
     EpochCallback,
     TrainingData,
     TrainingState,
     train_module,
 )
-from scarkids.train.memory import releasing_memory
 from scarkids.train.settings import (
-    CELL_PASSES,
     FREEZE_MODES,
     LR_SCHEDULERS,
+    TrainingBudget,
     TrainingSettings,
-    batch_and_rate,
-    default_max_epochs,
+    training_budget,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,17 +73,15 @@ def _say(message: str, progress_bar: bool) -> None:
         tqdm.write(message)
 
 
-def _epoch_budget(max_epochs: int | None, n_cells: int, name: str, progress_bar: bool) -> int:
-    """``max_epochs``, or the automatic budget, said with its reason."""
-    if max_epochs is not None:
-        return max_epochs
-    max_epochs = default_max_epochs(n_cells)
-    _say(
-        f"{name}: {max_epochs} epochs (automatic: about {CELL_PASSES:.0e} cell passes "
-        f"for {n_cells:,} cells, 20 to 400; pass max_epochs to choose)",
-        progress_bar,
-    )
-    return max_epochs
+def _say_budget(budget: TrainingBudget, name: str, progress_bar: bool) -> None:
+    """The epochs and the batch size that were chosen automatically, each with its reason."""
+    if "max_epochs" in budget.reasons:
+        _say(f"{name}: {budget.max_epochs} epochs ({budget.reasons['max_epochs']})", progress_bar)
+    if "batch_size" in budget.reasons:
+        _say(
+            f"{name}: batch size {budget.batch_size} ({budget.reasons['batch_size']})",
+            progress_bar,
+        )
 
 
 def _check_train_arguments(lr_scheduler, freeze, batch_size) -> None:
@@ -105,44 +104,6 @@ def _check_train_arguments(lr_scheduler, freeze, batch_size) -> None:
         raise InputDataError(
             f"batch_size must be an integer of at least 2 (or None: automatic), got {batch_size!r}"
         )
-
-
-def _check_cluster_numbers(n_labels, cluster_factor) -> None:
-    for name, value in (("n_labels", n_labels), ("cluster_factor", cluster_factor)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InputDataError(
-                f"{name} must be a positive integer for unsupervised training, got {value!r}"
-            )
-
-
-def _keep_cluster_numbers(new: list[list[str]], old: list[list[str]] | None) -> list:
-    """``new`` clusters (lists of component names, largest first) renumbered so that a
-    cluster sharing the most components with a previous session's cluster keeps its number
-    (one-to-one, by shared components); the others follow, largest first."""
-    if not old:
-        return new
-    from scipy.optimize import linear_sum_assignment
-
-    shared = np.array([[len(set(a) & set(b)) for b in old] for a in new])
-    rows, cols = linear_sum_assignment(-shared)
-    place = {int(r): int(c) for r, c in zip(rows, cols, strict=True) if shared[r, c] > 0}
-    slots = [None] * max(len(new), len(old))
-    for r, c in place.items():
-        slots[c] = new[r]
-    rest = iter(g for i, g in enumerate(new) if i not in place)
-    out = [g if g is not None else next(rest, None) for g in slots]
-    return [g for g in out if g is not None] + list(rest)
-
-
-def _batch_and_rate(
-    batch_size: int | None, learning_rate: float | None, n_cells: int, device, name, progress_bar
-) -> tuple[int, float]:
-    """:func:`batch_and_rate` for ``device``, the automatic batch size said."""
-    automatic = batch_size is None
-    batch_size, learning_rate = batch_and_rate(batch_size, learning_rate, n_cells, device.type)
-    if automatic:
-        _say(f"{name}: batch size {batch_size} (automatic, {device.type})", progress_bar)
-    return batch_size, learning_rate
 
 
 #: the defaults of :meth:`SCARKIDS.train` (one source: :class:`TrainingSettings`)
@@ -173,7 +134,7 @@ class SCARKIDS(
         Unsupervised: mixture components fitted per reported cluster. The prior has
         ``cluster_factor * n_labels`` components; after training, those in use are merged
         into at most ``n_labels`` clusters, the pair the classifier confuses most first
-        (:func:`scarkids.model.clusters.merge_clusters`), and :meth:`predict` names those
+        (:func:`scarkids.labels.clustering.merge_clusters`), and :meth:`predict` names those
         clusters. Fitting twice as many components as types and merging recovers the types
         better than fitting as many (``benchmarks/clustering.py``: kang 0.72 -> 0.84,
         panc8 0.77 -> 0.85 Hungarian accuracy); 1: every component is a cluster.
@@ -196,9 +157,9 @@ class SCARKIDS(
         adata,
         *,
         n_latent: int = 10,
-        n_labels: int = 10,
+        n_labels: int = DEFAULT_N_LABELS,
         cluster_factor: int = 2,
-        seed: int = 0,
+        seed: int = _TRAIN.seed,
         **module_kwargs,
     ):
         setup = self._setup_of(adata)
@@ -217,15 +178,14 @@ class SCARKIDS(
                 )
             clusters, max_clusters = False, None
         else:
-            _check_cluster_numbers(n_labels, cluster_factor)
-            prefix = "cluster" if cluster_factor == 1 else "component"
-            labels = [f"{prefix}_{i}" for i in range(int(n_labels * cluster_factor))]
+            space.check_cluster_numbers(n_labels, cluster_factor)
+            labels = space.component_names(n_labels, cluster_factor)
             clusters, max_clusters = True, int(n_labels)
-            probs = module_kwargs.get("label_prior_probs")
-            if probs is not None and cluster_factor > 1 and len(probs) == n_labels:
+            if module_kwargs.get("label_prior_probs") is not None:
                 # one probability per cluster: shared by its components
-                probs = np.repeat(np.asarray(probs, dtype=float) / cluster_factor, cluster_factor)
-                module_kwargs["label_prior_probs"] = probs.tolist()
+                module_kwargs["label_prior_probs"] = space.component_prior(
+                    module_kwargs["label_prior_probs"], n_labels, cluster_factor
+                )
         self.registry = Registry(
             batch_key=setup["batch_key"],
             labels_key=setup["labels_key"],
@@ -406,7 +366,7 @@ class SCARKIDS(
         batch_size: int | None = _TRAIN.batch_size,
         learning_rate: float | None = None,
         weight_decay: float = _TRAIN.weight_decay,
-        validation_fraction: float = 0.1,
+        validation_fraction: float = _TRAIN.validation_fraction,
         early_stopping: bool = _TRAIN.early_stopping,
         early_stopping_patience: int = _TRAIN.early_stopping_patience,
         kl_warmup_epochs: int = _TRAIN.kl_warmup_epochs,
@@ -416,16 +376,16 @@ class SCARKIDS(
         grad_clip_norm: float | None = _TRAIN.grad_clip_norm,
         mixed_precision: bool = _TRAIN.mixed_precision,
         supervised: bool | None = None,
-        freeze: Literal["new_batches", "decoder_batch", "none"] = "new_batches",
+        freeze: Literal["new_batches", "decoder_batch", "none"] = _TRAIN.freeze,
         freeze_from: int | None = None,
         nan_retries: int = _TRAIN.nan_retries,
         seed: int = _TRAIN.seed,
         device: str | torch.device = "auto",
-        progress_bar: bool = True,
-        name: str = "scARKIDS",
+        progress_bar: bool = _TRAIN.progress_bar,
+        name: str = _TRAIN.name,
         resume_state: TrainingState | None = None,
         on_epoch_end: EpochCallback | None = None,
-        chunk_cells: int = 8192,
+        chunk_cells: int = _TRAIN.chunk_cells,
     ) -> SCARKIDS:
         """Train on ``adata`` (default: the AnnData given at construction).
 
@@ -455,7 +415,8 @@ class SCARKIDS(
         ----------
         max_epochs
             Epochs to train (in total, counting those of ``resume_state``). ``None`` uses
-            :func:`default_max_epochs`: about 5e5 cell passes over ``adata``, 20 to 400 epochs.
+            :func:`~scarkids.train.default_max_epochs`: about 5e5 cell passes over
+            ``adata``, 20 to 400 epochs.
         adata
             AnnData set up with :meth:`setup_anndata` (raw counts), in memory or backed;
             ``None`` uses the AnnData given at construction.
@@ -549,14 +510,14 @@ class SCARKIDS(
         data = self._training_data(
             adata, validation_adata, supervised, validation_fraction, seed, chunk_cells
         )
-        max_epochs = _epoch_budget(max_epochs, adata.n_obs, name, progress_bar)
-        batch_size, learning_rate = _batch_and_rate(
-            batch_size, learning_rate, adata.n_obs, self.device, name, progress_bar
+        budget = training_budget(
+            max_epochs, batch_size, learning_rate, adata.n_obs, self.device.type
         )
+        _say_budget(budget, name, progress_bar)
         settings = TrainingSettings(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
+            max_epochs=budget.max_epochs,
+            batch_size=budget.batch_size,
+            learning_rate=budget.learning_rate,
             weight_decay=weight_decay,
             grad_clip_norm=grad_clip_norm,
             mixed_precision=mixed_precision,
@@ -605,7 +566,7 @@ class SCARKIDS(
     def _merge_components(self, data, name: str, progress_bar: bool, seed: int) -> None:
         """Unsupervised, after a session that trained everything: merge the mixture
         components in use into at most ``registry.max_clusters`` clusters, and no more than
-        the latent has Leiden communities (:func:`~scarkids.model.clusters.merge_clusters`
+        the latent has Leiden communities (:func:`~scarkids.labels.clustering.merge_components`
         on every training cell's ``q(c | z0)``), numbered by decreasing mass, into
         ``registry.cluster_groups``."""
         r = self.registry
@@ -615,8 +576,7 @@ class SCARKIDS(
             or self.module.n_labels <= r.max_clusters
         ):
             return
-        from scarkids.model.clusters import merge_clusters
-        from scarkids.train.clustering import latent_communities
+        from scarkids.labels.clustering import merge_components
         from scarkids.train.loop import latent_means
 
         self.module.eval()
@@ -624,14 +584,13 @@ class SCARKIDS(
         z = latent_means(self.module, data)
         p = self.module.label_log_probs(z)[:, used].exp()
         probs = (p / p.sum(1, keepdim=True)).double().cpu().numpy()
-        communities = latent_communities(z.cpu().numpy(), seed)
-        groups = merge_clusters(probs, min(r.max_clusters, communities))
-        mass = np.array([probs[:, g].sum() for g in groups])
-        names = np.asarray(r.label_categories, dtype=object)[used.cpu().numpy()]
-        new = [[str(c) for c in names[groups[i]]] for i in np.argsort(-mass, kind="stable")]
-        for i in range(len(r.cluster_groups or [])):  # the previous session's clusters' fits
-            self.library_sizes_by_type.pop(f"cluster_{i}", None)
-        r.cluster_groups = _keep_cluster_numbers(new, r.cluster_groups)
+        names = space.names_in_use(r.label_categories, used.cpu().numpy())
+        previous = r.cluster_groups
+        r.cluster_groups, communities = merge_components(
+            probs, z.cpu().numpy(), names, r.max_clusters, seed, previous
+        )
+        for cluster in space.cluster_names(len(previous or [])):  # the previous clusters' fits
+            self.library_sizes_by_type.pop(cluster, None)
         _say(
             f"{name}: {int(used.sum())} mixture components in use, merged into "
             f"{len(r.cluster_groups)} clusters (at most {r.max_clusters}, and at most the "
@@ -648,8 +607,8 @@ class SCARKIDS(
         if not self.registry.labels_are_clusters or trainable is not None:
             settings.cluster_init_epoch, settings.learn_cluster_prior = None, False
         elif self.registry.max_clusters:  # components per cluster, per Leiden community
-            settings.components_per_community = max(
-                1, self.module.n_labels // self.registry.max_clusters
+            settings.components_per_community = space.components_per_cluster(
+                self.module.n_labels, self.registry.max_clusters
             )
         return trainable, masks
 
@@ -710,14 +669,7 @@ class SCARKIDS(
 
     def __repr__(self) -> str:
         r = self.registry
-        if r.labels_are_clusters and r.max_clusters and r.max_clusters < len(r.label_categories):
-            kind = (
-                f"{len(r.label_categories)} mixture components (at most {r.max_clusters} clusters)"
-            )
-        elif r.labels_are_clusters:
-            kind = f"{len(r.label_categories)} unsupervised clusters"
-        else:
-            kind = f"{len(r.label_categories)} cell types"
+        kind = space.describe(len(r.label_categories), r.labels_are_clusters, r.max_clusters)
         return (
             f"SCARKIDS: {len(r.gene_names)} genes, {len(r.batch_categories)} batches, "
             f"{kind}, latent {self.module.n_latent}, "

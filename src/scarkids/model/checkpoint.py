@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
+from scarkids.compute import distributed
 from scarkids.data.files import write_atomic
 from scarkids.errors import CheckpointError
-from scarkids.train import distributed
 
 FORMAT = "scarkids-checkpoint"
 FORMAT_VERSION = 2

@@ -19,6 +19,7 @@ import torch
 from scarkids.constants import LABEL_OFFSET
 from scarkids.distributions.counts import sample_counts
 from scarkids.errors import InputDataError
+from scarkids.labels import space
 
 Names = str | Sequence[str] | None
 
@@ -154,14 +155,14 @@ class ModelGeneration:
     def _type_code(self, name: str) -> int:
         """The code of a name of :attr:`label_names`: its index in the model's labels, or
         for a cluster of components, the number of labels plus the cluster's index."""
-        if self._cluster_components() is not None:
-            return len(self.registry.label_categories) + self.label_names.index(name)
-        return self.registry.label_categories.index(name)
+        clustered = self._cluster_components() is not None
+        return space.generation_code(
+            name, self.registry.label_categories, self.label_names, clustered
+        )
 
     def _code_name(self, code: int) -> str:
         """The name of a :meth:`_type_code`."""
-        n = len(self.registry.label_categories)
-        return self.registry.label_categories[code] if code < n else self.label_names[code - n]
+        return space.generation_name(code, self.registry.label_categories, self.label_names)
 
     def _update_type_library_sizes(self, library, batch, labels, names=None) -> None:
         """Merge the (cell type, batch) log-normal fits of these cells into

@@ -16,7 +16,9 @@ import torch
 
 from scarkids.constants import LABEL_OFFSET
 from scarkids.errors import InputDataError
-from scarkids.model.uncertainty import UNKNOWN_WARN_SHARE, unknown_summary
+from scarkids.labels import space
+from scarkids.labels.clustering import merge_labels
+from scarkids.labels.unknown import UNKNOWN_WARN_SHARE, unknown_summary
 
 logger = logging.getLogger(__name__)
 
@@ -281,11 +283,10 @@ class ModelOutputs:
     def _cluster_components(self) -> list[list[int]] | None:
         """Per reported cluster of an unsupervised model, its components' label codes;
         ``None`` when every component is a cluster (or the labels are cell types)."""
-        groups = self.registry.cluster_groups if self.registry.labels_are_clusters else None
-        if not groups:
-            return None
-        index = {name: i for i, name in enumerate(self.registry.label_categories)}
-        return [[index[c] for c in group] for group in groups]
+        r = self.registry
+        return space.cluster_components(
+            r.label_categories, r.cluster_groups if r.labels_are_clusters else None
+        )
 
     @property
     def label_names(self) -> list[str]:
@@ -296,58 +297,29 @@ class ModelOutputs:
         (``SCARKIDS(cluster_factor=...)``), or, for a model whose every component is a
         cluster, the components in use (those whose mixing proportion fell below 0.1% are
         switched off)."""
-        names = self.registry.label_categories
-        if not self.registry.labels_are_clusters:
-            return list(names)
-        if self.registry.cluster_groups:
-            return [f"cluster_{i}" for i in range(len(self.registry.cluster_groups))]
+        r = self.registry
         used = self.module.labels_in_use().cpu().numpy()
-        return [n for n, u in zip(names, used, strict=True) if u]
+        return space.label_names(r.label_categories, r.labels_are_clusters, r.cluster_groups, used)
 
     def _label_codes(self, names: np.ndarray, z) -> np.ndarray:
         """Component codes ``(n,)`` of label names ``(n,)``: a cell type's code, or for a
         cluster of components (:attr:`label_names`) its component most probable at the
         cell's code in ``z`` ``(n, n_latent)``."""
-        codes = pd.Index(self.registry.label_categories).get_indexer(names)
+        codes = space.label_codes(names, self.registry.label_categories)
         groups = self._cluster_components()
         if groups is not None:
-            cluster = pd.Index(self.label_names).get_indexer(names)
+            cluster = space.label_codes(names, self.label_names)
             if (cluster >= 0).any():
                 probs = self._label_probs(latent=z, in_use_only=False)
-                for g, comps in enumerate(groups):
-                    rows = np.flatnonzero(cluster == g)
-                    if rows.size:
-                        codes[rows] = np.asarray(comps)[probs[np.ix_(rows, comps)].argmax(1)]
+                codes = space.most_probable_components(codes, cluster, groups, probs)
         if (codes < 0).any():
             raise InputDataError("refine_latent: labels contain names the model does not know")
         return codes
 
-    def _check_max_clusters(self, max_clusters, caller: str) -> None:
-        if max_clusters is None:
-            return
-        if not self.registry.labels_are_clusters:
-            raise InputDataError(
-                f"{caller}: max_clusters merges an unsupervised model's clusters; this "
-                "model was trained on cell-type labels (drop max_clusters)"
-            )
-        if isinstance(max_clusters, bool) or not isinstance(max_clusters, (int, np.integer)):
-            raise InputDataError(
-                f"{caller}: max_clusters must be a positive integer, got {max_clusters!r}"
-            )
-        if max_clusters < 1:
-            raise InputDataError(f"{caller}: max_clusters must be at least 1, got {max_clusters}")
-
     def _merged(self, probs: np.ndarray, max_clusters: int | None):
         """``probs`` of the labels in use, and their names, merged into at most
         ``max_clusters`` groups (named ``"a+b"``) when given."""
-        names = np.asarray(self.label_names, dtype=object)
-        if max_clusters is None or max_clusters >= probs.shape[1]:
-            return probs, names
-        from scarkids.model.clusters import merge_clusters
-
-        groups = merge_clusters(probs, int(max_clusters))
-        probs = np.stack([probs[:, g].sum(1) for g in groups], axis=1)
-        return probs, np.asarray(["+".join(names[g]) for g in groups], dtype=object)
+        return merge_labels(probs, self.label_names, max_clusters)
 
     def predict(
         self,
@@ -365,7 +337,7 @@ class ModelOutputs:
         training, see ``SCARKIDS(cluster_factor=...)``). With ``max_clusters``, an
         unsupervised model's clusters are merged further into at most that many groups, the
         pair the posterior confuses most first (the entropy criterion of Baudry et al.,
-        2010; :func:`scarkids.model.clusters.merge_clusters`), and a group is named after
+        2010; :func:`scarkids.labels.clustering.merge_clusters`), and a group is named after
         its clusters joined by ``+`` (``"cluster_3+cluster_7"``).
 
         Parameters
@@ -393,7 +365,7 @@ class ModelOutputs:
             ``(n_cells, n_labels)`` DataFrame indexed by ``adata.obs_names`` with one column
             per label (or group).
         """
-        self._check_max_clusters(max_clusters, "predict")
+        space.check_max_clusters(max_clusters, self.registry.labels_are_clusters, "predict")
         adata_ = self.adata if adata is None else adata
         probs, names = self._merged(self._label_probs(adata_, batch_size), max_clusters)
         if soft:
@@ -432,7 +404,7 @@ class ModelOutputs:
 
         ``top_label`` is the prediction whatever the call; the log counts the ``unknown``
         cells by rule and warns about each batch that is mostly ``unknown``
-        (:func:`~scarkids.model.uncertainty.unknown_summary`). The probabilities are
+        (:func:`~scarkids.labels.unknown.unknown_summary`). The probabilities are
         temperature-scaled (:attr:`temperature`).
 
         Parameters
@@ -460,7 +432,7 @@ class ModelOutputs:
             groups'. The novelty does not depend on it.
         warn_share
             Log a warning for each batch with more than this share of its cells ``unknown``
-            (:func:`~scarkids.model.uncertainty.unknown_summary`); ``None``: no warning.
+            (:func:`~scarkids.labels.unknown.unknown_summary`); ``None``: no warning.
 
         Returns
         -------
@@ -470,7 +442,9 @@ class ModelOutputs:
             ``novelty`` (nats), ``unknown`` (bool) and ``unknown_reason`` (``"novelty"``,
             ``"low probability"``, both joined by ``" and "``, or ``""``).
         """
-        self._check_max_clusters(max_clusters, "predict_with_uncertainty")
+        space.check_max_clusters(
+            max_clusters, self.registry.labels_are_clusters, "predict_with_uncertainty"
+        )
         if confidence_threshold is not None and not 0 <= confidence_threshold <= 1:
             raise InputDataError(
                 f"confidence_threshold must be between 0 and 1 or None, got {confidence_threshold!r}"

@@ -10,10 +10,10 @@ import os
 import torch
 
 from scarkids import __version__
+from scarkids.compute.device import resolve_device
 from scarkids.data.registry import Registry
 from scarkids.model import checkpoint
 from scarkids.module.vae import SCARKIDSModule
-from scarkids.train.device import resolve_device
 from scarkids.train.state import TrainingState
 
 

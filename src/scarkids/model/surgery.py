@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from scarkids.labels import space
+
 logger = logging.getLogger("scarkids.model")
 
 
@@ -31,9 +33,9 @@ class ReferenceMapping:
                 )
                 self.module.extend_labels(n_labels - self.module.n_labels)
             else:  # cluster slots re-used as named types: keep the larger layout
-                self.registry.label_categories += [
-                    f"cluster_{i}" for i in range(n_labels, self.module.n_labels)
-                ]
+                self.registry.label_categories += space.cluster_names(
+                    self.module.n_labels, start=n_labels
+                )
         self.module.to(self.device)
 
     def _freeze_plan(self, freeze: str, n_batches_before: int):

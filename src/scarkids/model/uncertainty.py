@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -38,8 +37,6 @@ BATCH_NOVELTY_KEY = "batch_novelty_q10"
 #: largest :meth:`ModelUncertainty.batch_shift` at which a batch keeps the reference's
 #: calibration (the low-probability rule); past it the batch's codes sit off the reference's
 ALIGNED_SHIFT = 1.0
-#: share of a batch's cells called ``unknown`` above which a warning is logged
-UNKNOWN_WARN_SHARE = 0.2
 DEFAULT_DRAWS = 32
 
 
@@ -89,62 +86,6 @@ def check_quantile(value, where: str = "novelty_quantile") -> float | None:
             f"{where} must be a number strictly between 0 and 1 (e.g. 0.99), got {value!r}"
         )
     return float(value)
-
-
-def unknown_summary(
-    predictions: pd.DataFrame, batches: np.ndarray, *, warn_share: float | None = UNKNOWN_WARN_SHARE
-) -> pd.DataFrame:
-    """How many cells were called ``unknown`` and why, per batch; logs one line in all, and a
-    warning for each batch with more than ``warn_share`` of its cells ``unknown``.
-
-    Parameters
-    ----------
-    predictions
-        The table of :meth:`SCARKIDS.predict_with_uncertainty` (``unknown`` and
-        ``unknown_reason`` columns), ``(n_cells, ...)``.
-    batches
-        ``(n_cells,)`` batch name of each cell.
-    warn_share
-        Share (0 to 1) of a batch's cells above which it is warned about; ``None``: never.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per batch: ``cells``, ``unknown``, ``novelty``, ``low probability`` (counts;
-        a cell flagged by both rules counts in both) and ``share`` (unknown / cells).
-    """
-    reason = predictions["unknown_reason"].fillna("").to_numpy(dtype=str)
-    frame = pd.DataFrame(
-        {
-            "batch": np.asarray(batches).astype(str),
-            "cells": 1,
-            "unknown": predictions["unknown"].to_numpy(dtype=bool).astype(int),
-            "novelty": np.char.find(reason, "novelty") >= 0,
-            "low probability": np.char.find(reason, "low probability") >= 0,
-        }
-    )
-    table = frame.groupby("batch", sort=False).sum().astype(int)
-    table["share"] = table["unknown"] / table["cells"]
-    logger.info(
-        "Called unknown: %d of %d cells (novelty above the batch's threshold: %d, "
-        "probability below confidence_threshold: %d)",
-        int(table["unknown"].sum()),
-        int(table["cells"].sum()),
-        int(table["novelty"].sum()),
-        int(table["low probability"].sum()),
-    )
-    if warn_share is not None:
-        for name, row in table[table["share"] > warn_share].iterrows():
-            logger.warning(
-                "%.0f%% of batch %r is unknown (%d by novelty, %d by low probability): if its "
-                "cells are of the reference's types, read top_label, or recalibrate with a "
-                "session on this batch (novelty) or lower confidence_threshold",
-                100 * row["share"],
-                name,
-                row["novelty"],
-                row["low probability"],
-            )
-    return table
 
 
 class ModelUncertainty:
@@ -404,14 +345,14 @@ class ModelUncertainty:
             library = torch.cat(library).cpu().numpy()
             val_batch = data.batch[val].cpu().numpy()
             self._update_type_library_sizes(library, val_batch, log_p.argmax(1).cpu().numpy())
-            if self._cluster_components() is not None:  # and per (cluster, batch)
+            if self.registry.cluster_groups:  # and per (merged cluster, batch)
                 clusters = self._label_probs(latent=z.cpu().numpy()).argmax(1)
                 self._update_type_library_sizes(library, val_batch, clusters, self.label_names)
         if data.label_mode != "unlabelled" and not self.registry.labels_are_clusters:
             known = labels >= 0
             if int(known.sum()) >= 20:
                 with torch.no_grad():
-                    logits = self.module.classifier(z[known]).double().cpu().numpy()
+                    logits = self.module.classifier_logits(z[known]).double().cpu().numpy()
                 self.calibration["temperature"] = fit_temperature(
                     logits, labels[known].cpu().numpy()
                 )

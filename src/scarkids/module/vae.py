@@ -60,6 +60,29 @@ def _check_layers(encoder_hidden_dims, decoder_layers: int) -> None:
         raise ValueError(f"decoder_layers must be at least 1, got {decoder_layers}")
 
 
+def _make_prior(prior: str, n_latent: int, n_labels: int, **diffusion) -> nn.Module:
+    """The latent prior ``p(z0 | c)`` named by ``prior`` (``diffusion``: the keyword
+    arguments of :class:`DiffusionPrior`; unused by the controls)."""
+    if prior == "diffusion":
+        return DiffusionPrior(n_latent, n_labels, **diffusion)
+    if prior == "gaussian":
+        return GaussianPrior(n_latent, n_labels)
+    if prior == "mixture":
+        return MixturePrior(n_latent, n_labels)
+    raise ValueError(f"prior must be 'diffusion', 'gaussian' or 'mixture', got {prior!r}")
+
+
+def _classifier_dims(classifier_dims: int | None, n_latent: int) -> int:
+    """The latent dimensions the classifier reads: all of them unless a number is given."""
+    if classifier_dims is None:
+        return n_latent
+    if not 1 <= classifier_dims <= n_latent:
+        raise ValueError(
+            f"classifier_dims must be between 1 and n_latent ({n_latent}), got {classifier_dims}"
+        )
+    return int(classifier_dims)
+
+
 class SCARKIDSModule(nn.Module):
     """VAE with a cell-type-conditioned latent diffusion prior. See the module docstring.
 
@@ -127,6 +150,10 @@ class SCARKIDSModule(nn.Module):
         The latent prior ``p(z0 | c)``: ``"diffusion"`` (the DDPM above), or the controls of
         :mod:`scarkids.module.priors`, ``"gaussian"`` (``N(0, I)``) and ``"mixture"``
         (``N(mu_c, diag sigma_c^2)`` per cell type); the diffusion settings are then unused.
+    classifier_dims
+        The classifier ``q(c | z0)`` reads only the first ``classifier_dims`` latent
+        dimensions (``None``: all ``n_latent``), so that the classification term's pull
+        acts in that subspace and leaves the others to the prior and the reconstruction.
     """
 
     def __init__(
@@ -159,8 +186,10 @@ class SCARKIDSModule(nn.Module):
         importance_sampling: bool = True,
         prior: Literal["diffusion", "gaussian", "mixture"] = "diffusion",
         label_prior_probs: list[float] | None = None,
+        classifier_dims: int | None = None,
     ):
         super().__init__()
+        self.classifier_dims = _classifier_dims(classifier_dims, n_latent)
         _check_layers(encoder_hidden_dims, decoder_layers)
         self.n_latent = n_latent
         self.null_label_prob = null_label_prob
@@ -186,27 +215,26 @@ class SCARKIDSModule(nn.Module):
             dispersion=dispersion,
         )
         self.classifier = Classifier(
-            n_latent, n_labels, classifier_hidden_dim, classifier_layers, norm=norm, dropout=dropout
+            self.classifier_dims,
+            n_labels,
+            classifier_hidden_dim,
+            classifier_layers,
+            norm=norm,
+            dropout=dropout,
         )
         self.prior_type = prior
-        if prior == "diffusion":
-            self.prior = DiffusionPrior(
-                n_latent,
-                n_labels,
-                n_steps=n_diffusion_steps,
-                beta_schedule=beta_schedule,
-                beta_min=beta_min,
-                beta_max=beta_max,
-                hidden_dim=noise_hidden_dim,
-                n_layers=noise_n_layers,
-                timestep_embed_dim=timestep_embed_dim,
-            )
-        elif prior == "gaussian":
-            self.prior = GaussianPrior(n_latent, n_labels)
-        elif prior == "mixture":
-            self.prior = MixturePrior(n_latent, n_labels)
-        else:
-            raise ValueError(f"prior must be 'diffusion', 'gaussian' or 'mixture', got {prior!r}")
+        self.prior = _make_prior(
+            prior,
+            n_latent,
+            n_labels,
+            n_steps=n_diffusion_steps,
+            beta_schedule=beta_schedule,
+            beta_min=beta_min,
+            beta_max=beta_max,
+            hidden_dim=noise_hidden_dim,
+            n_layers=noise_n_layers,
+            timestep_embed_dim=timestep_embed_dim,
+        )
         self.register_buffer("log_label_prior", self._log_prior(n_labels, label_prior_probs))
 
     @staticmethod
@@ -375,7 +403,7 @@ class SCARKIDSModule(nn.Module):
         entropy = std.log().sum(-1) + 0.5 * self.n_latent * math.log(2 * math.pi * math.e)
 
         n = x.shape[0]
-        logits = self.classifier(z)
+        logits = self.classifier_logits(z)
         log_q = F.log_softmax(logits, dim=-1)
         is_labelled = labels >= 0
         safe_labels = labels.clamp_min(0)
@@ -503,7 +531,22 @@ class SCARKIDSModule(nn.Module):
         torch.Tensor
             ``(n, C)`` log probabilities over all labels.
         """
-        return F.log_softmax(self.classifier(z) / temperature, dim=-1)
+        return F.log_softmax(self.classifier_logits(z) / temperature, dim=-1)
+
+    def classifier_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The classifier's logits of ``z`` (its first ``classifier_dims`` dimensions).
+
+        Parameters
+        ----------
+        z
+            ``(n, d)`` latent codes.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n, C)`` logits over all labels.
+        """
+        return self.classifier(z[..., : self.classifier_dims])
 
     # -------------------------------------------------------------- surgery
     def keep_labels(self, n: int) -> None:

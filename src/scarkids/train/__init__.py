@@ -1,8 +1,12 @@
-"""Training: the loop, its settings and resumable state, devices, distributed runs, memory.
+"""Training: the loop, its settings (the one source of the training defaults) and its
+resumable state.
 
 :class:`TrainingSettings` is the one source of the training defaults; the config schema,
-:meth:`scarkids.SCARKIDS.train` and the command line read them from there. Names load on
-first use, so that reading the settings does not load torch.
+:meth:`scarkids.SCARKIDS.train` and the command line read them from there. The package
+re-exports the documented names only (the loop's functions are imported from
+:mod:`scarkids.train.loop`); the device, the process group and memory release are in
+:mod:`scarkids.compute`. Names load on first use, so that reading the settings does not load
+torch.
 """
 
 from __future__ import annotations
@@ -14,14 +18,7 @@ _LAZY = {
     "default_batch_size": "settings",
     "default_learning_rate": "settings",
     "default_max_epochs": "settings",
-    "TrainingData": "state",
     "TrainingState": "state",
-    "resolve_device": "device",
-    "cluster_latent": "loop",
-    "evaluate_loss": "loop",
-    "train_module": "loop",
-    "release_freed_memory": "memory",
-    "releasing_memory": "memory",
 }
 
 __all__ = sorted(_LAZY)

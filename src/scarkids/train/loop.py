@@ -12,16 +12,15 @@ import dataclasses
 import logging
 import math
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from scarkids.compute import distributed
+from scarkids.compute.distributed import all_reduce_sum
+from scarkids.compute.memory import release_freed_memory, releasing_memory
 from scarkids.errors import TrainingError
+from scarkids.labels.clustering import align_labels, initial_clusters
 from scarkids.module.vae import SCARKIDSModule
-from scarkids.train import distributed
-from scarkids.train.clustering import initial_clusters
-from scarkids.train.distributed import all_reduce_sum
-from scarkids.train.memory import release_freed_memory, releasing_memory
 from scarkids.train.state import (
     EpochCallback,
     TrainingData,
@@ -182,9 +181,10 @@ def cluster_latent(
     per_community: int = 1,
 ) -> torch.Tensor:
     """Initial cluster labels (n_cells,) of every cell's latent mean, at most ``n_clusters``
-    distinct ones (:func:`scarkids.train.clustering.initial_clusters`, at most
+    distinct ones (:func:`scarkids.labels.clustering.initial_clusters`, at most
     ``per_community`` per Leiden community); -1 never occurs.
-    With ``align`` the clusters are renumbered to match the classifier's current labels."""
+    With ``align`` the clusters are renumbered to match the classifier's current labels
+    (:func:`scarkids.labels.clustering.align_labels`)."""
     was_training = module.training
     module.eval()
     z = latent_means(module, data, chunk)
@@ -196,19 +196,6 @@ def cluster_latent(
         labels = align_labels(labels, before, module.n_labels)
     module.train(was_training)
     return torch.as_tensor(labels, dtype=torch.long, device=data.batch.device)
-
-
-def align_labels(new: np.ndarray, old: np.ndarray, n_labels: int) -> np.ndarray:
-    """Renumber the clusters ``new`` (n,) so that each takes the index of the ``old`` label
-    (n,) it shares most cells with (Hungarian matching); the rest take unused indices."""
-    from scipy.optimize import linear_sum_assignment
-
-    table = np.zeros((n_labels, n_labels))
-    np.add.at(table, (new, old), 1)
-    rows, cols = linear_sum_assignment(-table)
-    mapping = np.empty(n_labels, dtype=np.int64)
-    mapping[rows] = cols
-    return mapping[new]
 
 
 def _epoch_labels(module, data, settings, state, epoch: int, steps_per_epoch: int):
@@ -295,7 +282,7 @@ def train_module(
     ``trainable`` restricts the optimised parameters; ``grad_masks`` zeroes the gradient of
     parameter entries (scArches-style: only new batch rows learn). ``on_epoch_end(state,
     metrics, is_best)`` is called after every epoch (checkpointing, logging; on rank 0 only
-    in a distributed run, see :mod:`scarkids.train.distributed`).
+    in a distributed run, see :mod:`scarkids.compute.distributed`).
     The module ends with the weights of the best validation epoch.
     """
     device = data.train_index.device

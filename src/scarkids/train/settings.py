@@ -4,14 +4,14 @@ and the command line's ``--help`` read them without loading torch)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def default_learning_rate(batch_size: int) -> float:
     """AdamW learning rate when none is given: 1e-3 at batch 128, scaled by
-    ``sqrt(batch_size / 128)`` (larger GPU batches take fewer, less noisy steps; on kang at
-    batch 1024 the scaled rate reaches scVI's quality and 1e-3 does not:
-    benchmarks/batch_size_quality.py)."""
+    ``sqrt(batch_size / 128)``: larger GPU batches take fewer, less noisy steps, and a fixed
+    1e-3 loses integration quality there (measured by ``benchmarks/batch_size_quality.py``;
+    docs/benchmarks/speed.md, "Batch size and quality")."""
     return 1e-3 * math.sqrt(batch_size / 128)
 
 
@@ -52,19 +52,6 @@ def default_batch_size(n_cells: int, device_type: str = "cpu") -> int:
     return batch
 
 
-def batch_and_rate(
-    batch_size: int | None, learning_rate: float | None, n_cells: int, device_type: str
-) -> tuple[int, float]:
-    """The batch size (:func:`default_batch_size` when ``None``) and the learning rate
-    (:func:`default_learning_rate` of that batch size when ``None``) of a training run."""
-    if batch_size is None:
-        batch_size = default_batch_size(n_cells, device_type)
-    batch_size = int(batch_size)
-    if learning_rate is None:
-        learning_rate = default_learning_rate(batch_size)
-    return batch_size, learning_rate
-
-
 #: learning-rate schedules after the warm-up (``None``: constant)
 LR_SCHEDULERS = ("cosine", "step")
 #: what a later session that brings new batches trains (see :meth:`scarkids.SCARKIDS.train`)
@@ -72,11 +59,103 @@ FREEZE_MODES = ("new_batches", "decoder_batch", "none")
 
 #: cell passes of the automatic epoch budget (:func:`default_max_epochs`)
 CELL_PASSES = 5e5
+#: the fewest and the most epochs of the automatic budget
+AUTO_EPOCHS = (20, 400)
 
 
 def default_max_epochs(n_cells: int) -> int:
     """Epochs when none are given: about 5e5 cell-passes (~4k steps of 128), 20 to 400."""
-    return int(min(max(round(CELL_PASSES / max(n_cells, 1)), 20), 400))
+    low, high = AUTO_EPOCHS
+    return int(min(max(round(CELL_PASSES / max(n_cells, 1)), low), high))
+
+
+#: how a reason tells the user to choose the epochs, in the words of the Python API
+#: (``max_epochs=``) or of the config file (``training.n_epochs``)
+_CHOOSE_EPOCHS = {
+    "api": "{low} to {high}; pass max_epochs to choose",
+    "config": "{low} to {high} epochs; set training.n_epochs to choose",
+}
+
+
+@dataclass(frozen=True)
+class TrainingBudget:
+    """The epochs, batch size and learning rate of a training run, and why the automatic ones
+    were chosen (see :func:`training_budget`).
+
+    Parameters
+    ----------
+    max_epochs
+        Epochs to train.
+    batch_size
+        Cells per optimisation step.
+    learning_rate
+        AdamW learning rate.
+    reasons
+        For each value chosen automatically (``"max_epochs"``, ``"batch_size"``), the words
+        the log prints in parentheses after it; a value that was given has none.
+    """
+
+    max_epochs: int
+    batch_size: int
+    learning_rate: float
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+def training_budget(
+    max_epochs: int | None,
+    batch_size: int | None,
+    learning_rate: float | None,
+    n_cells: int,
+    device_type: str,
+    *,
+    wording: str = "api",
+) -> TrainingBudget:
+    """The one place that fills in the epochs, batch size and learning rate of a run, for
+    :meth:`scarkids.SCARKIDS.train` and the ``train`` command alike.
+
+    ``None`` means automatic: :func:`default_max_epochs` of ``n_cells``,
+    :func:`default_batch_size` for the device, and :func:`default_learning_rate` of the batch
+    size (the learning rate gets no reason: the log prints it with every run).
+
+    Parameters
+    ----------
+    max_epochs
+        Epochs, or ``None``.
+    batch_size
+        Cells per step, or ``None``.
+    learning_rate
+        Learning rate, or ``None``.
+    n_cells
+        Cells of the training AnnData (validation cells included).
+    device_type
+        ``"cpu"``, ``"cuda"`` or another torch device type.
+    wording
+        How the reasons name the settings: ``"api"`` (``max_epochs``) or ``"config"``
+        (``training.n_epochs``).
+
+    Returns
+    -------
+    TrainingBudget
+        The values and the reasons of the automatic ones, for example for the epochs
+        ``"automatic: about 5e+05 cell passes for 13,000 cells, 20 to 400 epochs; set
+        training.n_epochs to choose"``.
+    """
+    choose = _CHOOSE_EPOCHS[wording]
+    reasons = {}
+    if max_epochs is None:
+        max_epochs = default_max_epochs(n_cells)
+        low, high = AUTO_EPOCHS
+        reasons["max_epochs"] = (
+            f"automatic: about {CELL_PASSES:.0e} cell passes for {n_cells:,} cells, "
+            + choose.format(low=low, high=high)
+        )
+    if batch_size is None:
+        batch_size = default_batch_size(n_cells, device_type)
+        reasons["batch_size"] = f"automatic, {device_type}"
+    batch_size = int(batch_size)
+    if learning_rate is None:
+        learning_rate = default_learning_rate(batch_size)
+    return TrainingBudget(max_epochs, batch_size, learning_rate, reasons)
 
 
 @dataclass
@@ -117,9 +196,9 @@ class TrainingSettings:
     early_stopping
         Stop when the validation loss (the training loss without validation cells) has not
         improved for ``early_stopping_patience`` epochs, and end with the best epoch's
-        weights. Off by default: integration keeps improving after the validation ELBO has
-        turned (on panc8, 400 epochs: scIB total 0.844 for the last epoch vs 0.706 for the
-        best-ELBO one), so the last epoch's weights are kept.
+        weights. Off by default: integration, as ``benchmarks/integration.py`` scores it,
+        keeps improving after the validation ELBO has turned, so the last epoch's weights
+        are kept.
     early_stopping_patience
         Epochs without improvement before stopping; training stops only once the KL warm-up
         (and, unsupervised, the cluster pre-training) is over.
@@ -157,7 +236,16 @@ class TrainingSettings:
     seed
         Seed of the clusterings and, in a distributed run, of the shared shuffling and each
         process's noise; :meth:`scarkids.SCARKIDS.train` also seeds torch and the validation
-        split with it.
+        split with it, and it is the default seed of the initial weights
+        (``SCARKIDS(seed=...)``) and of ``training.seed``.
+    validation_fraction
+        Share of the cells held out for validation when no separate validation cells are
+        given (``SCARKIDS.train(validation_fraction=...)``, ``data.val_fraction``).
+    freeze
+        What a later session that brings new batches trains (one of :data:`FREEZE_MODES`;
+        see :meth:`scarkids.SCARKIDS.train`).
+    chunk_cells
+        Cells read from disk at a time when the training counts are backed (on disk).
     progress_bar
         Show a progress bar of the epochs (on rank 0 only).
     name
@@ -175,8 +263,7 @@ class TrainingSettings:
     lr_warmup_epochs: int = 0
     lr_scheduler: str | None = None
     classification_weight: float = 50.0
-    #: off by default: integration keeps improving after the validation ELBO has turned (on
-    #: panc8, 400 epochs: scIB total 0.844 for the last epoch vs 0.706 for the best-ELBO one)
+    #: off by default: integration keeps improving after the validation ELBO has turned
     early_stopping: bool = False
     early_stopping_patience: int = 20
     nan_retries: int = 2
@@ -201,6 +288,9 @@ class TrainingSettings:
     #: community of the latent (the model's ``cluster_factor``: components per cluster)
     components_per_community: int = 1
     seed: int = 0
+    validation_fraction: float = 0.1
+    freeze: str = "new_batches"
+    chunk_cells: int = 8192
     progress_bar: bool = True
     #: name shown in the progress bar and log lines
     name: str = "scARKIDS"
