@@ -408,6 +408,18 @@ def test_data_checks_name_the_config_key(workdir, capsys):
     assert not (workdir / "checkpoints").exists()
 
 
+def test_config_key_appends_the_key_to_the_chosen_errors_only():
+    from scarkids.cli.prepare import config_key
+    from scarkids.errors import CheckpointError, TrainingError
+
+    with pytest.raises(TrainingError, match=r"^lower learning_rate=; in config.yaml: t.lr$"):
+        with config_key("t.lr", TrainingError):
+            raise TrainingError("lower learning_rate=")
+    with pytest.raises(CheckpointError, match=r"^not found$"):
+        with config_key("t.lr", TrainingError):
+            raise CheckpointError("not found")
+
+
 # --------------------------------------------------------------------------- other commands
 
 

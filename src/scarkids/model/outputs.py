@@ -542,15 +542,16 @@ class ModelOutputs:
         if self.module.prior_type != "diffusion":
             raise InputDataError(
                 f"refinement needs the diffusion prior; this model's prior is "
-                f"{self.module.prior_type!r} (turn inference.use_ddpm_refinement off)"
+                f"{self.module.prior_type!r} (SCARKIDS(prior=...)): use its latent without "
+                "refine_latent"
             )
         if not 1 <= n_steps <= self.module.prior.n_steps:
             raise InputDataError(
-                f"n_refinement_steps must be between 1 and n_diffusion_steps ({self.module.prior.n_steps}), got {n_steps}"
+                f"n_steps must be between 1 and the model's n_diffusion_steps ({self.module.prior.n_steps}), got {n_steps}"
             )
         if n_sampling_steps is not None and not 1 <= n_sampling_steps <= n_steps:
             raise InputDataError(
-                f"n_refinement_sampling_steps must be between 1 and n_refinement_steps ({n_steps}), got {n_sampling_steps}"
+                f"n_sampling_steps must be between 1 and n_steps ({n_steps}), got {n_sampling_steps}"
             )
         z = (
             self.get_latent_representation(adata, batch_size=batch_size)

@@ -326,7 +326,7 @@ def _train(module, data, settings, state, trainable, grad_masks, on_epoch_end) -
                 bar.close()
                 raise TrainingError(
                     f"{settings.name}: the loss became NaN/inf at epoch {state.epoch + 1}; "
-                    "lower training.learning_rate or check the input counts"
+                    "lower learning_rate= of SCARKIDS.train or check the input counts"
                 )
             retries -= 1
             run.restart_from_best()
