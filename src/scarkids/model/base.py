@@ -136,8 +136,9 @@ class SCARKIDS(
         into at most ``n_labels`` clusters, the pair the classifier confuses most first
         (:func:`scarkids.labels.clustering.merge_clusters`), and :meth:`predict` names those
         clusters. Fitting twice as many components as types and merging recovers the types
-        better than fitting as many (``benchmarks/clustering.py``: kang 0.72 -> 0.84,
-        panc8 0.77 -> 0.85 Hungarian accuracy); 1: every component is a cluster.
+        better than fitting as many: a large type's halves take two components that the
+        merge joins, instead of two small types sharing one (``benchmarks/clustering.py``;
+        docs/benchmarks/clustering.md); 1: every component is a cluster.
     seed
         Seed of the initial weights (training has its own ``seed``).
     **module_kwargs

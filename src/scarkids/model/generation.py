@@ -3,8 +3,8 @@
 A mixin of :class:`scarkids.model.SCARKIDS`; it uses the model's ``module``, ``registry``,
 ``device``, ``library_sizes`` (the log-normal fit of the library sizes of each batch,
 made when the model is trained on that batch) and ``library_sizes_by_type`` (the same fit
-per cell type and batch: cell types differ in depth several-fold, a monocyte's library is
-about five times a T cell's on kang).
+per cell type and batch: cell types differ in depth several-fold, and one fit per batch
+gives every type the same depth; docs/benchmarks/generation.md measures the difference).
 """
 
 from __future__ import annotations

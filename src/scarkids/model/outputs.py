@@ -397,10 +397,10 @@ class ModelOutputs:
         - **probability**: a cell is ``unknown`` when its top probability is below
           ``confidence_threshold``, in batches whose codes sit within
           :data:`~scarkids.model.uncertainty.ALIGNED_SHIFT` of the reference's (where the
-          temperature fitted on the reference holds). On a query far off the reference
-          (kang stim through a reference that does not encode the batch: 9% of cells below
-          0.5, 41% of them right) the rule would mostly hide right answers, so it is off
-          there and the log says so.
+          temperature fitted on the reference holds). On a query far off the reference (a
+          stimulated batch through a reference that does not encode the batch) the
+          temperature no longer holds and the rule would mostly hide right answers, so it
+          is off there and the log says so (docs/benchmarks/uncertainty.md).
 
         ``top_label`` is the prediction whatever the call; the log counts the ``unknown``
         cells by rule and warns about each batch that is mostly ``unknown``

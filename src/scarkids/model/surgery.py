@@ -81,8 +81,9 @@ class ReferenceMapping:
         Build references for mapping with ``SCARKIDS(adata, encode_batch=True)`` (as
         scArches advises for scVI): the query session then also learns its batches' offsets
         in the encoder, so that the query's known cell types land on the reference's and the
-        prior's novelty flags the types the reference lacks (``benchmarks/uncertainty.py``:
-        on kang ctrl -> stim with B cells left out, known cells flagged 53% -> 7%).
+        prior's novelty flags the types the reference lacks; without it, known query cells
+        look as novel as the left-out types (``benchmarks/uncertainty.py``;
+        docs/benchmarks/uncertainty.md).
 
         Parameters
         ----------
