@@ -16,7 +16,7 @@ from scarkids.cli.common import read_config, write_atomic, write_h5ad
 from scarkids.cli.infer import run_inference
 from scarkids.cli.train import run_train
 from scarkids.config.load import dump_config, resolve_config
-from scarkids.constants import BEST_CHECKPOINT
+from scarkids.constants import BEST_CHECKPOINT, LATENT_FILE, LATENT_KEY
 from scarkids.data.simulate import BUILTIN
 
 log = logging.getLogger("scarkids.run")
@@ -88,7 +88,7 @@ def run_demo(
     run_train(cfg, config_path=str(config_path), fresh=fresh, name="demo")
     run_inference(cfg, config_path=str(config_path))
     results = out / "results"
-    latent = np.load(results / "latent_embeddings.npy")
+    latent = np.load(results / LATENT_FILE)
     umap = plot_integration_umap(adata, latent, out / "umap.png", seed=seed)
     paths = {
         "data": data_path,
@@ -119,7 +119,7 @@ def plot_integration_umap(
 
     pre = ad.AnnData(adata.X.copy(), obs=adata.obs[[batch_key, labels_key]].copy())
     post = ad.AnnData(np.zeros((adata.n_obs, 0), np.float32), obs=pre.obs.copy())
-    post.obsm["X_scarkids"] = np.asarray(latent, dtype=np.float32)
+    post.obsm[LATENT_KEY] = np.asarray(latent, dtype=np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sc.pp.normalize_total(pre, target_sum=1e4)
@@ -127,7 +127,7 @@ def plot_integration_umap(
         sc.pp.pca(pre, n_comps=min(30, pre.n_vars - 1, pre.n_obs - 1), random_state=seed)
         sc.pp.neighbors(pre, use_rep="X_pca", random_state=seed)
         sc.tl.umap(pre, random_state=seed)
-        sc.pp.neighbors(post, use_rep="X_scarkids", random_state=seed)
+        sc.pp.neighbors(post, use_rep=LATENT_KEY, random_state=seed)
         sc.tl.umap(post, random_state=seed)
 
     fig = Figure(figsize=(12, 10), layout="constrained")

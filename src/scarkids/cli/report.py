@@ -28,6 +28,7 @@ from scarkids.constants import (
     EXPRESSION_FILE,
     LAST_CHECKPOINT,
     LATENT_FILE,
+    LATENT_KEY,
     PREDICTIONS_FILE,
     RUN_INFO_FILE,
 )
@@ -40,7 +41,7 @@ log = logging.getLogger("scarkids.run")
 OUTPUT_FILES = {
     LATENT_FILE: "cells x latent_dim float32 embedding, in the input's cell order",
     EXPRESSION_FILE: "expression decoded for the target batch, obs with the predictions, "
-    "obsm['X_scarkids']",
+    f"obsm[{LATENT_KEY!r}]",
     PREDICTIONS_FILE: "cell id, predicted label, probability, entropy, top label, novelty, "
     "unknown and its reason",
     DE_FILE: "differential expression of the groups of inference.differential_expression",

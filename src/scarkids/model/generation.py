@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from scarkids.constants import LABEL_OFFSET
+from scarkids.constants import LABEL_OFFSET, LATENT_KEY
 from scarkids.distributions.counts import sample_counts
 from scarkids.errors import InputDataError
 from scarkids.labels import space
@@ -409,7 +409,7 @@ class ModelGeneration:
             obs=obs_df,
             var=pd.DataFrame(index=list(self.registry.gene_names)),
         )
-        out.obsm["X_scarkids"] = np.concatenate(zs).astype(np.float32)
+        out.obsm[LATENT_KEY] = np.concatenate(zs).astype(np.float32)
         out.uns["scarkids_generate"] = {
             "seed": seed,
             "prior": self.module.prior_type,
