@@ -436,7 +436,8 @@ def test_demo_writes_outputs_and_umap(tmp_path, capsys, monkeypatch):
     rc, out, err = run(["demo", "--output_dir", "demo", "--n_cells", 200, "--epochs", 2], capsys)
     assert rc == 0, err
     demo = tmp_path / "demo"
-    for name in ("umap.png", "config.yaml", "checkpoints/best_model.pt", "logs/training.log"):
+    written = ("umap.png", "umap_unintegrated.png", "config.yaml", "checkpoints/best_model.pt")
+    for name in (*written, "logs/training.log"):
         assert (demo / name).exists(), name
     assert np.load(demo / "results" / "latent_embeddings.npy").shape == (200, 10)
     assert "umap.png" in out

@@ -322,8 +322,9 @@ def _add_demo(sub, parents: dict) -> None:
         parents=[parents["debug"]],
         help="simulate data, train, run inference and draw a UMAP (a few minutes on a CPU)",
         description="Simulates cells with batch effects and cell types, trains scARKIDS on "
-        "them, runs inference and draws demo_output/umap.png (before and after integration, "
-        "coloured by batch and by cell type). Needs no data and no config.",
+        "them, runs inference and draws demo_output/umap.png (the scARKIDS latent) and "
+        "demo_output/umap_unintegrated.png (before integration), coloured by batch and by "
+        "cell type. Needs no data and no config.",
     )
     p.add_argument(
         "--output_dir", "--output-dir", default="demo_output", help="default: %(default)s"
