@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from scarkids._docs import doc_params
 from scarkids.compute import distributed
 from scarkids.compute.device import resolve_device
 from scarkids.compute.memory import releasing_memory
@@ -110,6 +111,7 @@ def _check_train_arguments(lr_scheduler, freeze, batch_size) -> None:
 _TRAIN = TrainingSettings()
 
 
+@doc_params
 class SCARKIDS(
     ModelOutputs,
     ModelUncertainty,
@@ -478,9 +480,8 @@ class SCARKIDS(
             Seed of torch's random number generator (not reseeded with ``resume_state``), of
             the validation split and of the clusterings.
         device
-            ``"auto"`` (a CUDA GPU when there is one, else the CPU), ``"cpu"``, ``"cuda"``,
-            ``"cuda:1"`` or a :class:`torch.device`; under ``torchrun``, this process's device.
-            The model stays on it after training.
+            {param_device}
+            Under ``torchrun``, this process's device. The model stays on it after training.
         progress_bar
             Show a progress bar of the epochs (on rank 0 only).
         name

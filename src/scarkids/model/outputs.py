@@ -14,6 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from scarkids._docs import doc_params
 from scarkids.constants import LABEL_OFFSET
 from scarkids.errors import InputDataError
 from scarkids.labels import space
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 CSR_CHUNK = 1024
 
 
+@doc_params
 class ModelOutputs:
     """Everything a trained model computes for an AnnData (see :class:`SCARKIDS`)."""
 
@@ -43,10 +45,7 @@ class ModelOutputs:
         Parameters
         ----------
         adata
-            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
-            the model's own batch key and layer are used). Its genes are matched to the
-            model's by name and its batches must be known to the model. ``None`` uses the
-            AnnData the model was created or loaded with.
+            {param_adata}
         give_mean
             Return the mean of ``q(z0 | x)``; ``False`` draws one sample from it instead
             (with torch's global random number generator).
@@ -147,10 +146,7 @@ class ModelOutputs:
         Parameters
         ----------
         adata
-            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
-            the model's own batch key and layer are used). Its genes are matched to the
-            model's by name and its batches must be known to the model. ``None`` uses the
-            AnnData the model was created or loaded with.
+            {param_adata}
         transform_batch
             ``None`` decodes each cell with its own batch; a batch name or index decodes every
             cell as if measured in that batch; a list averages over those batches.
@@ -223,10 +219,7 @@ class ModelOutputs:
         Parameters
         ----------
         adata
-            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
-            the model's own batch key and layer are used). Its genes are matched to the
-            model's by name and its batches must be known to the model. ``None`` uses the
-            AnnData the model was created or loaded with.
+            {param_adata}
         transform_batch
             ``None`` decodes each cell with its own batch; a batch name or index decodes every
             cell as if measured in that batch (batch correction); a list averages over those
@@ -343,10 +336,7 @@ class ModelOutputs:
         Parameters
         ----------
         adata
-            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
-            the model's own batch key and layer are used). Its genes are matched to the
-            model's by name and its batches must be known to the model. ``None`` uses the
-            AnnData the model was created or loaded with.
+            {param_adata}
         soft
             Return the probabilities ``q(c | z0)`` instead of the most probable label.
         max_clusters
@@ -410,10 +400,7 @@ class ModelOutputs:
         Parameters
         ----------
         adata
-            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
-            the model's own batch key and layer are used). Its genes are matched to the
-            model's by name and its batches must be known to the model. ``None`` uses the
-            AnnData the model was created or loaded with.
+            {param_adata}
         confidence_threshold
             Smallest top probability of a cell that is not ``unknown`` (in the batches
             where the rule applies, see above); ``None`` leaves the probability out.
@@ -505,10 +492,7 @@ class ModelOutputs:
         Parameters
         ----------
         adata
-            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
-            the model's own batch key and layer are used). Its genes are matched to the
-            model's by name and its batches must be known to the model. ``None`` uses the
-            AnnData the model was created or loaded with.
+            {param_adata}
         n_steps
             Diffusion step the codes are noised to, from 1 to the model's number of
             diffusion steps (otherwise :class:`~scarkids.errors.InputDataError`); more steps

@@ -12,11 +12,13 @@ import os
 
 import torch
 
+from scarkids._docs import doc_params
 from scarkids.labels import space
 
 logger = logging.getLogger("scarkids.model")
 
 
+@doc_params
 class ReferenceMapping:
     """Growing a trained model for new batches / cell types, and what a session may train."""
 
@@ -93,8 +95,8 @@ class ReferenceMapping:
         reference
             A trained model, or the path of its checkpoint (see :meth:`save`).
         device
-            Device of the copy: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a
-            :class:`torch.device`.
+            Device of the copy:
+            {param_device}
 
         Returns
         -------

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from scarkids._docs import doc_params
 from scarkids.constants import LABEL_OFFSET
 from scarkids.data.store import DeviceMatrix
 from scarkids.errors import InputDataError
@@ -88,6 +89,7 @@ def check_quantile(value, where: str = "novelty_quantile") -> float | None:
     return float(value)
 
 
+@doc_params
 class ModelUncertainty:
     """Temperature scaling and the prior's novelty score (see :class:`SCARKIDS`)."""
 
@@ -165,9 +167,7 @@ class ModelUncertainty:
         Parameters
         ----------
         adata
-            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
-            the model's own batch key and layer are used). ``None`` uses the AnnData the model
-            was created or loaded with.
+            {param_adata}
         latent
             ``(n_cells, n_latent)`` codes from :meth:`get_latent_representation`; ``adata``
             is then not read.
