@@ -526,7 +526,7 @@ def _output_and_model(args, kind: str):
     from pathlib import Path
 
     from scarkids.cli.common import check_writable_dir
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     out = Path(args.output)
     check_writable_dir(out.parent, "the folder of --output")

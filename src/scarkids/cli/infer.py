@@ -132,7 +132,7 @@ class _Run:
 
 def _open(cfg, checkpoint, data_path, output_dir) -> _Run:
     from scarkids.compute.device import resolve_device
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     ckpt = Path(checkpoint or Path(cfg["training"]["checkpoint_dir"]) / BEST_CHECKPOINT)
     path = data_path or require(cfg, "data.test_data_path", "for inference (or pass --data_path)")

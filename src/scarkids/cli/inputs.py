@@ -51,7 +51,7 @@ def read_training_file(cfg, path: str, what: str, labels_key, genes):
 def _setup(adata, cfg, labels_key) -> None:
     """Set ``adata`` up with the config's keys and ``labels_key`` (a resumed model's may differ
     from the config's)."""
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     SCARKIDS.setup_anndata(adata, **{**setup_kwargs(cfg), "labels_key": labels_key})
 

@@ -308,7 +308,7 @@ def _resolved(saved: dict) -> dict:
 def _rebuild_inference(run_dir: Path, max_cells: int | None) -> Path:
     import anndata as ad
 
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     info = json.loads((run_dir / RUN_INFO_FILE).read_text(encoding="utf-8"))
     ckpt = Path(str(info.get("checkpoint")))
@@ -359,7 +359,7 @@ def _counts_of(path, obs: pd.DataFrame, model):
 
 def _rebuild_training(run_dir: Path, max_cells: int | None) -> Path:
     from scarkids.cli.inputs import read_training_file
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     model = SCARKIDS.load(run_dir / BEST_CHECKPOINT, device="cpu")
     cfg = _config_of(model, max_cells)

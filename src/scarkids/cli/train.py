@@ -249,7 +249,7 @@ def _check_output_dirs(tr: Mapping[str, Any]) -> Path:
 
 def _starting_model(resume_from: str | None):
     """The model of ``training.resume_from`` (a previous session's), or None."""
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     if resume_from is None:
         return None
@@ -454,7 +454,7 @@ def _check_cluster_count(cfg, adata, val_adata, base, source: str) -> None:
 
 
 def _new_model(cfg, adata):
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     model = SCARKIDS(adata, **model_kwargs(cfg))
     log.info("Model: %r", model)
@@ -463,7 +463,7 @@ def _new_model(cfg, adata):
 
 def _try_resume(last_path: Path, thash: str, fp: dict, freeze_from):
     """The model and training state of ``last.pt`` when it belongs to this config and data."""
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     try:
         payload = checkpoint.read(last_path)

@@ -32,10 +32,10 @@ from scarkids.errors import InputDataError
 from scarkids.labels import space
 from scarkids.model.de import ModelDifferentialExpression
 from scarkids.model.generation import ModelGeneration, library_fit
+from scarkids.model.mapping import ReferenceMapping
 from scarkids.model.outputs import ModelOutputs
 from scarkids.model.persistence import ModelPersistence
 from scarkids.model.report import ModelReport
-from scarkids.model.surgery import ReferenceMapping
 from scarkids.model.uncertainty import ModelUncertainty
 from scarkids.module.vae import SCARKIDSModule
 from scarkids.train.loop import (
