@@ -565,8 +565,9 @@ def _cmd_de(args) -> int:
         "counts_layer": args.layer,
         "zero_count_cells": "drop",
         "unlabeled_category": model.registry.unlabeled_category,
+        "cell_type_key": None,
     }
-    adata = _read_query({"data": data}, model, args.data_path)
+    adata = _read_query({"data": data, "global": {"supervised": False}}, model, args.data_path)
     if args.groupby not in adata.obs:
         raise InputDataError(
             f"--groupby {args.groupby!r} is not a column of obs in {args.data_path}; columns: "
