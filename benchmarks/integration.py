@@ -365,7 +365,7 @@ def main(argv=None) -> int:
     import torch
     from threadpoolctl import threadpool_limits
 
-    import scarkids.model.base  # noqa: F401  (loaded now, so that `commit` names the code that runs)
+    import scarkids.model.scarkids  # noqa: F401  (loaded now, so that `commit` names the code that runs)
 
     prov = provenance(threads=2)
 

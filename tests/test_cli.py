@@ -408,6 +408,18 @@ def test_data_checks_name_the_config_key(workdir, capsys):
     assert not (workdir / "checkpoints").exists()
 
 
+def test_config_key_appends_the_key_to_the_chosen_errors_only():
+    from scarkids.cli.prepare import config_key
+    from scarkids.errors import CheckpointError, TrainingError
+
+    with pytest.raises(TrainingError, match=r"^lower learning_rate=; in config.yaml: t.lr$"):
+        with config_key("t.lr", TrainingError):
+            raise TrainingError("lower learning_rate=")
+    with pytest.raises(CheckpointError, match=r"^not found$"):
+        with config_key("t.lr", TrainingError):
+            raise CheckpointError("not found")
+
+
 # --------------------------------------------------------------------------- other commands
 
 
@@ -424,7 +436,8 @@ def test_demo_writes_outputs_and_umap(tmp_path, capsys, monkeypatch):
     rc, out, err = run(["demo", "--output_dir", "demo", "--n_cells", 200, "--epochs", 2], capsys)
     assert rc == 0, err
     demo = tmp_path / "demo"
-    for name in ("umap.png", "config.yaml", "checkpoints/best_model.pt", "logs/training.log"):
+    written = ("umap.png", "umap_unintegrated.png", "config.yaml", "checkpoints/best_model.pt")
+    for name in (*written, "logs/training.log"):
         assert (demo / name).exists(), name
     assert np.load(demo / "results" / "latent_embeddings.npy").shape == (200, 10)
     assert "umap.png" in out

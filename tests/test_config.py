@@ -82,7 +82,8 @@ def test_global_keys_are_inherited_by_sections_that_list_them():
 
 
 def test_section_value_overrides_global():
-    cfg = resolve_config({"global": {"dropout": 0.25}, "classifier": {"dropout": 0.0}})
+    with pytest.warns(UserWarning, match="classifier.dropout"):  # read by no network
+        cfg = resolve_config({"global": {"dropout": 0.25}, "classifier": {"dropout": 0.0}})
     assert cfg["classifier"]["dropout"] == 0.0
     assert cfg["encoder"]["dropout"] == 0.25
 
@@ -309,6 +310,27 @@ def test_refinement_sampling_steps_cannot_exceed_refinement_steps():
 def test_legacy_keys_are_accepted_with_a_warning(raw, expected):
     with pytest.warns(UserWarning, match=expected):
         resolve_config(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"encoder": {"dropout": 0.3}}, r"encoder.dropout \(0.3\) has no effect.*global.dropout"),
+        ({"classifier": {"use_batch_norm": True}}, "classifier.use_batch_norm"),
+        ({"likelihood": {"dropout": 0.0}}, "likelihood.dropout"),
+    ],
+)
+def test_per_network_copies_that_no_network_reads_warn_when_they_differ(raw, expected):
+    with pytest.warns(UserWarning, match=expected):
+        resolve_config(raw)
+
+
+def test_per_network_copies_equal_to_the_global_value_do_not_warn():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve_config({"global": {"dropout": 0.2}, "encoder": {"dropout": 0.2}})
 
 
 def test_learned_reverse_variance_is_refused_until_it_exists():

@@ -77,3 +77,25 @@ def test_public_api_documents_its_parameters(name, obj):
         and f"\n{p}," not in f"\n{section}"
     ]
     assert not missing, f"{name}: parameters not documented: {missing}"
+
+
+def test_shared_parameter_texts_are_filled_in():
+    """``{param_<name>}`` lines (scarkids._docs) are replaced at import, indented like the
+    placeholder; an unknown name fails at import instead of reaching the docs."""
+    from scarkids._docs import PARAMS, doc_params, fill
+
+    for name, obj in public_callables():
+        assert "{param_" not in (inspect.getdoc(obj) or ""), f"{name}: placeholder left"
+    doc = inspect.getdoc(scarkids.SCARKIDS.get_latent_representation)
+    assert "\nadata\n    " + PARAMS["adata"].splitlines()[0] + "\n" in doc
+    assert fill("x\n        {param_t}\n", {"t": "one\ntwo"}) == "x\n        one\n        two\n"
+    assert fill("a {param_t} b, {n}", {"t": "one"}) == "a {param_t} b, {n}"  # whole lines only
+
+    def f():
+        """Text.
+
+        {param_no_such_text}
+        """
+
+    with pytest.raises(KeyError, match="no_such_text"):
+        doc_params(f)

@@ -167,7 +167,7 @@ def test_strided_refinement_is_the_textbook_ddim_chain_from_the_noised_codes():
 
 def test_refine_latent_strided_option(model):
     """The model's refine_latent takes the strided sampler: K = n_steps is the full chain,
-    a K outside 1..n_steps a one-line InputDataError naming the config key."""
+    a K outside 1..n_steps a one-line InputDataError naming the argument."""
     z = model.get_latent_representation()
     full = model.refine_latent(latent=z, n_steps=12, seed=1)
     np.testing.assert_array_equal(
@@ -176,7 +176,7 @@ def test_refine_latent_strided_option(model):
     strided = model.refine_latent(latent=z, n_steps=12, n_sampling_steps=4, seed=1)
     assert strided.shape == z.shape and np.isfinite(strided).all()
     assert not np.allclose(strided, full)
-    with pytest.raises(InputDataError, match="n_refinement_sampling_steps"):
+    with pytest.raises(InputDataError, match="n_sampling_steps must be between 1 and n_steps"):
         model.refine_latent(latent=z, n_steps=12, n_sampling_steps=13)
 
 

@@ -53,13 +53,18 @@ ALLOWED: dict[str, set[str]] = {
         "train",
     },
     "__main__": {"cli"},
+    "_docs": set(),  # docstring texts written once (scarkids._docs): imports nothing
 }
+#: ``_docs`` is importable by every room: its shared texts are filled into their docstrings
+for _row, _allowed in ALLOWED.items():
+    if _row != "_docs":
+        _allowed.add("_docs")
 #: the package root (``scarkids/__init__.py``) re-exports lazily and stands above all; any
 #: room may read its ``__version__``
 
 
 def room(module: str) -> str:
-    """``scarkids.model.base`` -> ``model``; ``scarkids`` -> ``""`` (the package root)."""
+    """``scarkids.model.scarkids`` -> ``model``; ``scarkids`` -> ``""`` (the package root)."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else ""
 
@@ -174,8 +179,8 @@ def test_no_import_cycle():
 
 def test_the_check_catches_a_forbidden_import_and_a_cycle():
     edges = graph()
-    edges["scarkids.module.vae"] = edges["scarkids.module.vae"] | {"scarkids.model.base"}
-    assert "scarkids.module.vae -> scarkids.model.base" in forbidden_imports(edges)
+    edges["scarkids.module.vae"] = edges["scarkids.module.vae"] | {"scarkids.model.scarkids"}
+    assert "scarkids.module.vae -> scarkids.model.scarkids" in forbidden_imports(edges)
     assert any("scarkids.module.vae" in c for c in cycles(edges))
     allowed = {**ALLOWED, "train": ALLOWED["train"] | {"model"}}
     assert any({"train", "model"} <= set(c) for c in cycles(allowed))

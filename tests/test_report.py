@@ -223,7 +223,7 @@ def test_failing_runs_write_no_report(run_dir, capsys, monkeypatch, tmp_path):
     assert cli.main(argv) == 2
     assert not (tmp_path / "bad" / "report.html").exists()
 
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     def interrupted(self, *args, **kwargs):
         raise KeyboardInterrupt
@@ -247,7 +247,7 @@ def test_a_failing_report_leaves_no_file_and_no_temporary(tmp_path, monkeypatch)
 
 
 def test_pl_functions_return_figures(run_dir):
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     model = SCARKIDS.load(run_dir / "checkpoints" / "best_model.pt", device="cpu")
     table = pd.read_csv(run_dir / "results" / "cell_type_predictions.csv", index_col="cell_id")
@@ -275,7 +275,7 @@ def test_pl_functions_return_figures(run_dir):
 
 
 def test_model_report_in_python(run_dir, tmp_path):
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     adata = simulate(n_cells=150, n_genes=120, n_batches=2, n_cell_types=3, seed=2)
     model = SCARKIDS.load(run_dir / "checkpoints" / "best_model.pt", adata, device="cpu")

@@ -23,7 +23,7 @@ except metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
 _LAZY = {
-    "SCARKIDS": ("model.base", "SCARKIDS"),
+    "SCARKIDS": ("model.scarkids", "SCARKIDS"),
     "datasets": ("datasets", None),
     "evaluate": ("evaluation", "evaluate"),
 }

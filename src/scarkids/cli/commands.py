@@ -20,6 +20,14 @@ import traceback
 import warnings
 
 from scarkids import __version__
+from scarkids.constants import (
+    BEST_CHECKPOINT,
+    EXPRESSION_FILE,
+    LAST_CHECKPOINT,
+    LATENT_FILE,
+    PREDICTIONS_FILE,
+    RUN_INFO_FILE,
+)
 from scarkids.errors import InputDataError, ScarkidsError
 
 log = logging.getLogger("scarkids.run")
@@ -130,7 +138,7 @@ def _shared_options() -> dict[str, argparse.ArgumentParser]:
     )
     io = argparse.ArgumentParser(add_help=False)
     io.add_argument(
-        "--checkpoint", help="model checkpoint (default: <checkpoint_dir>/best_model.pt)"
+        "--checkpoint", help=f"model checkpoint (default: <checkpoint_dir>/{BEST_CHECKPOINT})"
     )
     io.add_argument(
         "--data_path", "--data-path", help="data to embed (default: data.test_data_path)"
@@ -161,7 +169,7 @@ def _shared_options() -> dict[str, argparse.ArgumentParser]:
         "--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="default: auto"
     )
     fresh = argparse.ArgumentParser(add_help=False)
-    fresh.add_argument("--fresh", action="store_true", help="ignore an existing last.pt")
+    fresh.add_argument("--fresh", action="store_true", help=f"ignore an existing {LAST_CHECKPOINT}")
     fresh.add_argument(
         "--devices",
         type=int,
@@ -190,9 +198,9 @@ def _add_train(sub, parents: dict) -> None:
             parents["train_data"],
             parents["seed_only_train"],
         ],
-        help="train a model (resumes from <checkpoint_dir>/last.pt when it matches)",
-        description="Train on data.train_data_path (or --data_path); writes best_model.pt and "
-        "last.pt to training.checkpoint_dir and one line per epoch to "
+        help=f"train a model (resumes from <checkpoint_dir>/{LAST_CHECKPOINT} when it matches)",
+        description="Train on data.train_data_path (or --data_path); writes "
+        f"{BEST_CHECKPOINT} and {LAST_CHECKPOINT} to training.checkpoint_dir and one line per epoch to "
         "<log_dir>/training.log. Running the same command again resumes an interrupted run.",
     )
     p.set_defaults(run=_cmd_train)
@@ -204,8 +212,8 @@ def _add_infer(sub, parents: dict) -> None:
         aliases=["inference"],
         parents=[parents["common"], parents["io"]],
         help="embed, batch-correct and annotate cells with a trained model",
-        description="Writes latent_embeddings.npy, corrected_expression.h5ad, "
-        "cell_type_predictions.csv and run_info.json to the output folder.",
+        description=f"Writes {LATENT_FILE}, {EXPRESSION_FILE}, {PREDICTIONS_FILE} and "
+        f"{RUN_INFO_FILE} to the output folder.",
     )
     p.set_defaults(run=_cmd_infer)
 
@@ -293,8 +301,8 @@ def _add_report(sub, parents: dict) -> None:
         help="(re)build report.html of a finished run from its files",
         description="Writes RUN_DIR/report.html, one self-contained page (inline images): the "
         "run's data, training curves, validation metrics, UMAPs, composition, predictions, "
-        "warnings and output files. RUN_DIR is an inference output folder (run_info.json) or "
-        "a training checkpoint folder (best_model.pt); run it from the folder the run was "
+        f"warnings and output files. RUN_DIR is an inference output folder ({RUN_INFO_FILE}) "
+        f"or a training checkpoint folder ({BEST_CHECKPOINT}); run it from the folder the run was "
         "started in, so that the relative paths it recorded resolve.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run's output or checkpoint folder")
@@ -314,8 +322,9 @@ def _add_demo(sub, parents: dict) -> None:
         parents=[parents["debug"]],
         help="simulate data, train, run inference and draw a UMAP (a few minutes on a CPU)",
         description="Simulates cells with batch effects and cell types, trains scARKIDS on "
-        "them, runs inference and draws demo_output/umap.png (before and after integration, "
-        "coloured by batch and by cell type). Needs no data and no config.",
+        "them, runs inference and draws demo_output/umap.png (the scARKIDS latent) and "
+        "demo_output/umap_unintegrated.png (before integration), coloured by batch and by "
+        "cell type. Needs no data and no config.",
     )
     p.add_argument(
         "--output_dir", "--output-dir", default="demo_output", help="default: %(default)s"
@@ -331,7 +340,9 @@ def _add_demo(sub, parents: dict) -> None:
         default="auto",
         help="default: %(default)s (a GPU when there is one)",
     )
-    p.add_argument("--fresh", action="store_true", help="ignore a previous demo's last.pt")
+    p.add_argument(
+        "--fresh", action="store_true", help=f"ignore a previous demo's {LAST_CHECKPOINT}"
+    )
     p.set_defaults(run=_cmd_demo)
 
 
@@ -515,7 +526,7 @@ def _output_and_model(args, kind: str):
     from pathlib import Path
 
     from scarkids.cli.common import check_writable_dir
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     out = Path(args.output)
     check_writable_dir(out.parent, "the folder of --output")
@@ -554,8 +565,9 @@ def _cmd_de(args) -> int:
         "counts_layer": args.layer,
         "zero_count_cells": "drop",
         "unlabeled_category": model.registry.unlabeled_category,
+        "cell_type_key": None,
     }
-    adata = _read_query({"data": data}, model, args.data_path)
+    adata = _read_query({"data": data, "global": {"supervised": False}}, model, args.data_path)
     if args.groupby not in adata.obs:
         raise InputDataError(
             f"--groupby {args.groupby!r} is not a column of obs in {args.data_path}; columns: "

@@ -16,10 +16,14 @@ from scarkids.cli.common import read_config, write_atomic, write_h5ad
 from scarkids.cli.infer import run_inference
 from scarkids.cli.train import run_train
 from scarkids.config.load import dump_config, resolve_config
-from scarkids.constants import BEST_CHECKPOINT
+from scarkids.constants import BEST_CHECKPOINT, LATENT_FILE, LATENT_KEY
 from scarkids.data.simulate import BUILTIN
+from scarkids.pl.plots import plot_umap
 
 log = logging.getLogger("scarkids.run")
+
+#: the demo's UMAPs: the scARKIDS latent, and the log-normalised PCA before integration
+UMAP_FILE, UMAP_BEFORE_FILE = "umap.png", "umap_unintegrated.png"
 
 DEMO_GENES, DEMO_BATCHES, DEMO_TYPES, DEMO_BATCH_EFFECT = (
     BUILTIN["n_genes"],
@@ -38,8 +42,8 @@ def run_demo(
     device: str = "auto",
     fresh: bool = False,
 ) -> dict[str, Path]:
-    """Write ``data/demo.h5ad``, ``config.yaml``, checkpoints, logs, results and ``umap.png``
-    under ``output_dir``; returns the main paths."""
+    """Write ``data/demo.h5ad``, ``config.yaml``, checkpoints, logs, results, ``umap.png``
+    and ``umap_unintegrated.png`` under ``output_dir``; returns the main paths."""
     from scarkids.data.simulate import simulate
 
     out = Path(output_dir)
@@ -88,8 +92,8 @@ def run_demo(
     run_train(cfg, config_path=str(config_path), fresh=fresh, name="demo")
     run_inference(cfg, config_path=str(config_path))
     results = out / "results"
-    latent = np.load(results / "latent_embeddings.npy")
-    umap = plot_integration_umap(adata, latent, out / "umap.png", seed=seed)
+    latent = np.load(results / LATENT_FILE)
+    umap, umap_pca = plot_integration_umap(adata, latent, out, seed=seed)
     paths = {
         "data": data_path,
         "config": config_path,
@@ -97,6 +101,7 @@ def run_demo(
         "log": out / "logs" / "training.log",
         "results": results,
         "umap": umap,
+        "umap_pca": umap_pca,
     }
     return paths
 
@@ -104,52 +109,33 @@ def run_demo(
 def plot_integration_umap(
     adata,
     latent: np.ndarray,
-    path: str | Path,
+    out_dir: str | Path,
     *,
     batch_key: str = "batch",
     labels_key: str = "cell_type",
     seed: int = 0,
-) -> Path:
-    """Four UMAP panels: log-normalised PCA and the scARKIDS latent, each coloured by batch
-    and by cell type. ``adata`` holds raw counts and is not modified."""
+) -> tuple[Path, Path]:
+    """UMAPs of the scARKIDS latent (``umap.png``) and, before integration, of the
+    log-normalised PCA (``umap_unintegrated.png``) in ``out_dir``, each coloured by batch and
+    by cell type (:func:`scarkids.pl.plot_umap`). ``adata`` holds raw counts and is not
+    modified. Returns the two paths, the latent's first."""
     import anndata as ad
     import scanpy as sc
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     pre = ad.AnnData(adata.X.copy(), obs=adata.obs[[batch_key, labels_key]].copy())
     post = ad.AnnData(np.zeros((adata.n_obs, 0), np.float32), obs=pre.obs.copy())
-    post.obsm["X_scarkids"] = np.asarray(latent, dtype=np.float32)
+    post.obsm[LATENT_KEY] = np.asarray(latent, dtype=np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sc.pp.normalize_total(pre, target_sum=1e4)
         sc.pp.log1p(pre)
         sc.pp.pca(pre, n_comps=min(30, pre.n_vars - 1, pre.n_obs - 1), random_state=seed)
-        sc.pp.neighbors(pre, use_rep="X_pca", random_state=seed)
-        sc.tl.umap(pre, random_state=seed)
-        sc.pp.neighbors(post, use_rep="X_scarkids", random_state=seed)
-        sc.tl.umap(post, random_state=seed)
-
-    fig = Figure(figsize=(12, 10), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 2)
-    order = np.random.default_rng(seed).permutation(adata.n_obs)  # no group drawn on top
-    size = float(np.clip(12000 / max(adata.n_obs, 1), 0.5, 20))
-    rows = (("Unintegrated (log-normalised PCA)", pre), ("scARKIDS latent", post))
-    for r, (title, data) in enumerate(rows):
-        coords = np.asarray(data.obsm["X_umap"])[order]
-        for c, key in enumerate((batch_key, labels_key)):
-            ax = axes[r, c]
-            values = data.obs[key].astype(str).to_numpy()[order]
-            names = sorted(set(values))
-            colors = [f"C{names.index(v) % 10}" for v in values]
-            ax.scatter(coords[:, 0], coords[:, 1], s=size, c=colors, linewidths=0, rasterized=True)
-            for i, name in enumerate(names):
-                ax.scatter([], [], s=20, color=f"C{i % 10}", label=name)
-            ax.set_title(f"{title}: {key}")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_xlabel("UMAP1")
-            ax.set_ylabel("UMAP2")
-            ax.legend(fontsize=7, frameon=False, loc="best")
-    return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    color = (batch_key, labels_key)
+    out_dir = Path(out_dir)
+    after = plot_umap(
+        post, embedding_key=LATENT_KEY, color=color, path=out_dir / UMAP_FILE, seed=seed
+    )
+    before = plot_umap(
+        pre, embedding_key="X_pca", color=color, path=out_dir / UMAP_BEFORE_FILE, seed=seed
+    )
+    return after, before

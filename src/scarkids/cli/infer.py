@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,13 @@ import pandas as pd
 
 from scarkids.cli import report
 from scarkids.cli.common import check_writable_dir, require, versions, write_atomic, write_json
-from scarkids.cli.prepare import check_columns, read_h5ad, restrict_genes, zero_count_cells
+from scarkids.cli.prepare import (
+    check_columns,
+    config_key,
+    read_h5ad,
+    restrict_genes,
+    zero_count_cells,
+)
 from scarkids.config.load import config_hash
 from scarkids.config.translate import (
     de_kwargs,
@@ -125,7 +132,7 @@ class _Run:
 
 def _open(cfg, checkpoint, data_path, output_dir) -> _Run:
     from scarkids.compute.device import resolve_device
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     ckpt = Path(checkpoint or Path(cfg["training"]["checkpoint_dir"]) / BEST_CHECKPOINT)
     path = data_path or require(cfg, "data.test_data_path", "for inference (or pass --data_path)")
@@ -134,7 +141,8 @@ def _open(cfg, checkpoint, data_path, output_dir) -> _Run:
         "the output directory (--output_dir / inference.output_dir)",
     )
     device = resolve_device(load_kwargs(cfg)["device"])
-    model = SCARKIDS.load(ckpt, device=device)
+    with config_key("training.checkpoint_dir") if checkpoint is None else nullcontext():
+        model = SCARKIDS.load(ckpt, device=device)
     target, target_index = _target_batch(model, expression_kwargs(cfg)["transform_batch"])
     log.info("scARKIDS inference | checkpoint %s (%r) | device %s", ckpt, model, device)
     adata = _read_query(cfg, model, path)
@@ -155,7 +163,8 @@ def _compute(cfg, run: _Run, timer: _Timer) -> dict[str, Any]:
     timer.lap("embed")
     refined, refine = None, refine_kwargs(cfg)
     if refine is not None:
-        refined = model.refine_latent(adata, latent=latent, **refine)
+        with config_key(_refinement_key(model)):
+            refined = model.refine_latent(adata, latent=latent, **refine)
         timer.lap("refine")
         sampling = refine["n_sampling_steps"]
         log.info(
@@ -231,6 +240,14 @@ def _write_outputs(cfg, run: _Run, outputs: dict, timer: _Timer) -> list[Path]:
         de = outputs["de"]
         written.append(write_atomic(out_dir / DE_FILE, lambda tmp: de.to_csv(tmp)))
     return written
+
+
+def _refinement_key(model) -> str:
+    """The config key behind a refinement the model refuses: the switch itself for a model
+    without the diffusion prior, else the number of steps (more than the model has)."""
+    if model.module.prior_type != "diffusion":
+        return "inference.use_ddpm_refinement"
+    return "inference.n_refinement_steps"
 
 
 def _run_info(cfg, config_path, run: _Run, outputs, written, timings) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from scarkids.cli.prepare import (
     select_genes,
     zero_count_cells,
 )
+from scarkids.config.translate import n_labels, setup_kwargs
 from scarkids.data.registry import sorted_categories
 from scarkids.errors import ConfigError
 
@@ -43,20 +44,16 @@ def read_training_file(cfg, path: str, what: str, labels_key, genes):
     else:
         adata = restrict_genes(adata, genes, path)
     adata = zero_count_cells(adata, path, layer=data["counts_layer"], mode=data["zero_count_cells"])
-    _setup(adata, data, labels_key)
+    _setup(adata, cfg, labels_key)
     return adata, n_file_genes
 
 
-def _setup(adata, data, labels_key) -> None:
-    from scarkids.model.base import SCARKIDS
+def _setup(adata, cfg, labels_key) -> None:
+    """Set ``adata`` up with the config's keys and ``labels_key`` (a resumed model's may differ
+    from the config's)."""
+    from scarkids.model.scarkids import SCARKIDS
 
-    SCARKIDS.setup_anndata(
-        adata,
-        batch_key=data["batch_key"],
-        labels_key=labels_key,
-        layer=data["counts_layer"],
-        unlabeled_category=data["unlabeled_category"],
-    )
+    SCARKIDS.setup_anndata(adata, **{**setup_kwargs(cfg), "labels_key": labels_key})
 
 
 def read_validation_file(cfg, labels_key, genes):
@@ -108,7 +105,7 @@ def check_categories(cfg, adata, val_adata, base, labels_key, source: str) -> No
             "cell types in the train data",
         )
     else:
-        n, what = glob["n_cell_types"] or 10, "clusters (global.n_cell_types)"
+        n, what = n_labels(cfg), "clusters (global.n_cell_types)"
     if len(probs) != n:
         raise ConfigError(
             f"prior.cell_type_prior_probs: has {len(probs)} values but there are {n} {what}; "

@@ -31,16 +31,19 @@ _MIN_VARYING_GENES = 50
 
 
 @contextmanager
-def config_key(key: str) -> Iterator[None]:
+def config_key(
+    key: str, errors: type[ScarkidsError] | tuple[type[ScarkidsError], ...] = ScarkidsError
+) -> Iterator[None]:
     """Name the config key behind an argument the command line passes to the library.
 
-    The library's errors name its Python arguments (``layer=``); a
-    :class:`~scarkids.errors.ScarkidsError` raised in the block is raised again, the same
-    type, with ``"; in config.yaml: <key>"`` appended to its one-line message.
+    The library's errors name its Python arguments (``layer=``); an error of type ``errors``
+    (any :class:`~scarkids.errors.ScarkidsError` by default) raised in the block is raised
+    again, the same type, with ``"; in config.yaml: <key>"`` appended to its one-line
+    message. Other errors pass unchanged.
     """
     try:
         yield
-    except ScarkidsError as e:
+    except errors as e:
         raise type(e)(f"{e}; in config.yaml: {key}") from e
 
 

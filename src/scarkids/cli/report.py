@@ -28,6 +28,7 @@ from scarkids.constants import (
     EXPRESSION_FILE,
     LAST_CHECKPOINT,
     LATENT_FILE,
+    LATENT_KEY,
     PREDICTIONS_FILE,
     RUN_INFO_FILE,
 )
@@ -40,7 +41,7 @@ log = logging.getLogger("scarkids.run")
 OUTPUT_FILES = {
     LATENT_FILE: "cells x latent_dim float32 embedding, in the input's cell order",
     EXPRESSION_FILE: "expression decoded for the target batch, obs with the predictions, "
-    "obsm['X_scarkids']",
+    f"obsm[{LATENT_KEY!r}]",
     PREDICTIONS_FILE: "cell id, predicted label, probability, entropy, top label, novelty, "
     "unknown and its reason",
     DE_FILE: "differential expression of the groups of inference.differential_expression",
@@ -307,7 +308,7 @@ def _resolved(saved: dict) -> dict:
 def _rebuild_inference(run_dir: Path, max_cells: int | None) -> Path:
     import anndata as ad
 
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     info = json.loads((run_dir / RUN_INFO_FILE).read_text(encoding="utf-8"))
     ckpt = Path(str(info.get("checkpoint")))
@@ -358,7 +359,7 @@ def _counts_of(path, obs: pd.DataFrame, model):
 
 def _rebuild_training(run_dir: Path, max_cells: int | None) -> Path:
     from scarkids.cli.inputs import read_training_file
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     model = SCARKIDS.load(run_dir / BEST_CHECKPOINT, device="cpu")
     cfg = _config_of(model, max_cells)

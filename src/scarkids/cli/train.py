@@ -28,12 +28,12 @@ from scarkids.cli.common import (
 )
 from scarkids.cli.inputs import check_categories, read_training_file, read_validation_file
 from scarkids.cli.logs import epoch_line, log_validation_metrics
-from scarkids.cli.prepare import fingerprint
+from scarkids.cli.prepare import config_key, fingerprint
 from scarkids.config.load import config_hash, session_list
 from scarkids.config.translate import model_kwargs, n_labels, setup_kwargs, train_kwargs
 from scarkids.constants import BEST_CHECKPOINT, LAST_CHECKPOINT
 from scarkids.data.registry import sorted_categories as categories  # the one ordering rule
-from scarkids.errors import CheckpointError, ConfigError, InputDataError
+from scarkids.errors import CheckpointError, ConfigError, InputDataError, TrainingError
 from scarkids.model import checkpoint
 
 log = logging.getLogger("scarkids.run")
@@ -249,7 +249,7 @@ def _check_output_dirs(tr: Mapping[str, Any]) -> Path:
 
 def _starting_model(resume_from: str | None):
     """The model of ``training.resume_from`` (a previous session's), or None."""
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     if resume_from is None:
         return None
@@ -340,16 +340,20 @@ def _fit(session: _Session, model, resume_state, freeze_from, extra: dict, on_fi
     )
     started = time.perf_counter()
     try:
-        model.train(
-            adata=session.adata,
-            validation_adata=session.val_adata,
-            freeze_from=freeze_from,
-            progress_bar=False,
-            name=session.name,
-            resume_state=resume_state,
-            on_epoch_end=callback,
-            **kwargs,
-        )
+        with (
+            config_key("training.learning_rate", TrainingError),  # the loss became NaN
+            config_key("training.checkpoint_dir", CheckpointError),  # the callback's writes
+        ):
+            model.train(
+                adata=session.adata,
+                validation_adata=session.val_adata,
+                freeze_from=freeze_from,
+                progress_bar=False,
+                name=session.name,
+                resume_state=resume_state,
+                on_epoch_end=callback,
+                **kwargs,
+            )
     except KeyboardInterrupt:
         where = (
             f"{session.last_path} holds the last completed epoch"
@@ -366,7 +370,8 @@ def _finalise(session: _Session, model, state, extra: dict, seconds: float) -> d
     """Write the final best checkpoint, log the selection and the validation metrics."""
     tr, data, kwargs = session.cfg["training"], session.cfg["data"], session.train_kwargs
     extra = {**extra, "complete": True, "best_epoch": state.best_epoch + 1}
-    model.save(session.best_path, extra=extra)
+    with config_key("training.checkpoint_dir"):
+        model.save(session.best_path, extra=extra)
     if state.stopped_early:
         log.info(
             "Early stopping at epoch %d: no improvement for %d epochs",
@@ -408,7 +413,8 @@ def _finalise(session: _Session, model, state, extra: dict, seconds: float) -> d
         )
     output = str(session.best_path)
     if tr["output_checkpoint"]:
-        output = str(model.save(tr["output_checkpoint"], extra=extra))
+        with config_key("training.output_checkpoint"):
+            output = str(model.save(tr["output_checkpoint"], extra=extra))
         log.info("Wrote %s (final model of session %s)", output, session.name)
     if session.val_adata is not None:
         metrics = log_validation_metrics(
@@ -448,7 +454,7 @@ def _check_cluster_count(cfg, adata, val_adata, base, source: str) -> None:
 
 
 def _new_model(cfg, adata):
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     model = SCARKIDS(adata, **model_kwargs(cfg))
     log.info("Model: %r", model)
@@ -457,7 +463,7 @@ def _new_model(cfg, adata):
 
 def _try_resume(last_path: Path, thash: str, fp: dict, freeze_from):
     """The model and training state of ``last.pt`` when it belongs to this config and data."""
-    from scarkids.model.base import SCARKIDS
+    from scarkids.model.scarkids import SCARKIDS
 
     try:
         payload = checkpoint.read(last_path)

@@ -302,11 +302,32 @@ def _cross_check(cfg: dict, bodies: dict, source: str) -> None:
         )
 
 
+#: per-network copies of global keys that no network reads: the model has one dropout rate
+#: (``global.dropout``) and its norm is ``encoder.use_batch_norm`` / ``use_layer_norm``
+UNREAD_COPIES = (
+    ("encoder", "dropout"),
+    ("encoder", "eps"),
+    ("classifier", "dropout"),
+    ("classifier", "use_batch_norm"),
+    ("classifier", "use_layer_norm"),
+    ("likelihood", "dropout"),
+    ("ddpm_backward", "dropout"),
+)
+
+
 def _warn_legacy(cfg: dict, source: str) -> None:
     for name, table in SCHEMA.items():
         for key, spec in table.items():
             if spec.legacy and cfg[name][key] is not None:
                 warnings.warn(f"{source}: {spec.legacy}", UserWarning, stacklevel=3)
+    for name, key in UNREAD_COPIES:
+        if cfg[name][key] != cfg["global"][key]:
+            warnings.warn(
+                f"{source}: {name}.{key} ({cfg[name][key]!r}) has no effect: the model reads "
+                f"global.{key} ({cfg['global'][key]!r}); set that instead",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def _resolve_sessions(cfg: Mapping, entries: list | None, source: str) -> list[dict] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from scarkids.constants import DE_FILE
 from scarkids.train.settings import FREEZE_MODES, LR_SCHEDULERS, TrainingSettings
 
 #: the training defaults come from the loop's settings (one source for API, config, CLI)
@@ -249,7 +250,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "section",
             None,
             help="differential expression between groups of the data's cells, written to "
-            "differential_expression.csv; off while groupby is null",
+            f"{DE_FILE}; off while groupby is null",
             fields={
                 "groupby": Key("str", None, optional=True, help="obs column of the groups"),
                 "mode": Key("enum", "change", choices=("change", "vanilla")),

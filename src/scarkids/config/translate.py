@@ -16,6 +16,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from scarkids.config.load import UNREAD_COPIES
 from scarkids.constants import DEFAULT_N_LABELS
 
 log = logging.getLogger(__name__)
@@ -76,16 +77,9 @@ CLI_ONLY_GROUPS: dict[str, frozenset[str]] = {
         {"ddpm_backward.variance_type"}
     ),
     "per-network copies of global keys that no network reads: the model has one dropout "
-    "(global.dropout) and one norm (encoder.use_batch_norm / use_layer_norm)": frozenset(
-        {
-            "encoder.dropout",
-            "encoder.eps",
-            "classifier.dropout",
-            "classifier.use_batch_norm",
-            "classifier.use_layer_norm",
-            "likelihood.dropout",
-            "ddpm_backward.dropout",
-        }
+    "(global.dropout) and one norm (encoder.use_batch_norm / use_layer_norm); a value that "
+    "differs from the global one is warned about": frozenset(
+        f"{name}.{key}" for name, key in UNREAD_COPIES
     ),
 }
 #: Every config key that :func:`translate` does not turn into an API keyword argument.

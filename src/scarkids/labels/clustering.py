@@ -6,15 +6,10 @@ Initial clusters: over-cluster the latent, merge by Ward
 Unsupervised training treats the cell type c as latent, and the clusters that its prior
 components settle into depend on where they start. Plain k-means with K = the number of
 types splits large heterogeneous types (naive and memory T cells) while merging small
-distinct ones, and which of these it does flips with the seed. Measured on the latent of a
-trained unsupervised model (Hungarian-matched accuracy against the author labels):
-
-=====================  ==========  ======================================
-latent                 k-means K   k-means 3K, then size-weighted Ward to K
-=====================  ==========  ======================================
-kang_ifnb_labeled      0.632       0.815
-pbmc_3chem_symphony    0.671       0.668
-=====================  ==========  ======================================
+distinct ones, and which of these it does flips with the seed. On the latent of a trained
+unsupervised model, over-clustering and merging by Ward matched the author labels (Hungarian
+accuracy) far better than k-means with K on one real dataset and as well on another
+(docs/benchmarks/clustering.md has the accuracy of the clusters as they are made now).
 
 So the latent is first cut into ``3 K`` k-means pieces, and pieces are merged pairwise by the
 Ward criterion ``n_a n_b / (n_a + n_b) ||c_a - c_b||^2`` (the increase of the within-cluster
@@ -40,8 +35,8 @@ is divided by the smaller group's mass ``min(sum_i t_ia, sum_i t_ib)``: the entr
 merger removes per cell of the smaller group, so that how much of a group is confused with
 another counts, not how large the two are. Unnormalised, a cluster holding a cell's worth
 of mass can never win against two large types that overlap a little, and the large types
-merge first (simulated data, 5 types in 10 clusters: ARI 0.76 against 1.0; kang at K = 16,
-merged to 8: Hungarian accuracy 0.74 against 0.83).
+merge first, which recovers the types worse on simulated and on real data
+(``benchmarks/clustering.py``; docs/benchmarks/clustering.md).
 """
 
 from __future__ import annotations

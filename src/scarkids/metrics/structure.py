@@ -42,7 +42,7 @@ def fine_label_structure(
     Parameters
     ----------
     embedding
-        ``(n_cells, d)`` cell coordinates (e.g. ``adata.obsm["X_scARKIDS"]``).
+        ``(n_cells, d)`` cell coordinates (e.g. ``adata.obsm["X_scarkids"]``).
     coarse
         ``(n_cells,)`` the labels a model was trained with.
     fine

@@ -1,6 +1,6 @@
 """The user-facing model class (AnnData in, arrays and AnnData out): outputs, reference
 mapping and persistence."""
 
-from scarkids.model.base import SCARKIDS
+from scarkids.model.scarkids import SCARKIDS
 
 __all__ = ["SCARKIDS"]

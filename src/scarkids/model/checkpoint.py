@@ -44,7 +44,7 @@ def save(payload: dict, path: str | os.PathLike) -> Path:
         return write_atomic(path, write)
     except OSError as e:
         raise CheckpointError(
-            f"{path}: cannot write checkpoint ({e.strerror}); choose a writable checkpoint_dir"
+            f"{path}: cannot write checkpoint ({e.strerror}); save it in a writable folder"
         ) from e
 
 
@@ -53,7 +53,7 @@ def read(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -
     path = resolve_path(path)
     if not path.exists():
         raise CheckpointError(
-            f"{path}: checkpoint not found (ls the checkpoint_dir, or pass --checkpoint)"
+            f"{path}: checkpoint not found; check the path given to SCARKIDS.load"
         )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)

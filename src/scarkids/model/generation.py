@@ -3,8 +3,8 @@
 A mixin of :class:`scarkids.model.SCARKIDS`; it uses the model's ``module``, ``registry``,
 ``device``, ``library_sizes`` (the log-normal fit of the library sizes of each batch,
 made when the model is trained on that batch) and ``library_sizes_by_type`` (the same fit
-per cell type and batch: cell types differ in depth several-fold, a monocyte's library is
-about five times a T cell's on kang).
+per cell type and batch: cell types differ in depth several-fold, and one fit per batch
+gives every type the same depth; docs/benchmarks/generation.md measures the difference).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from scarkids.constants import LABEL_OFFSET
+from scarkids.constants import LABEL_OFFSET, LATENT_KEY
 from scarkids.distributions.counts import sample_counts
 from scarkids.errors import InputDataError
 from scarkids.labels import space
@@ -409,7 +409,7 @@ class ModelGeneration:
             obs=obs_df,
             var=pd.DataFrame(index=list(self.registry.gene_names)),
         )
-        out.obsm["X_scarkids"] = np.concatenate(zs).astype(np.float32)
+        out.obsm[LATENT_KEY] = np.concatenate(zs).astype(np.float32)
         out.uns["scarkids_generate"] = {
             "seed": seed,
             "prior": self.module.prior_type,

@@ -14,6 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from scarkids._docs import doc_params
 from scarkids.constants import LABEL_OFFSET
 from scarkids.errors import InputDataError
 from scarkids.labels import space
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 CSR_CHUNK = 1024
 
 
+@doc_params
 class ModelOutputs:
     """Everything a trained model computes for an AnnData (see :class:`SCARKIDS`)."""
 
@@ -43,10 +45,7 @@ class ModelOutputs:
         Parameters
         ----------
         adata
-            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
-            the model's own batch key and layer are used). Its genes are matched to the
-            model's by name and its batches must be known to the model. ``None`` uses the
-            AnnData the model was created or loaded with.
+            {param_adata}
         give_mean
             Return the mean of ``q(z0 | x)``; ``False`` draws one sample from it instead
             (with torch's global random number generator).
@@ -147,10 +146,7 @@ class ModelOutputs:
         Parameters
         ----------
         adata
-            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
-            the model's own batch key and layer are used). Its genes are matched to the
-            model's by name and its batches must be known to the model. ``None`` uses the
-            AnnData the model was created or loaded with.
+            {param_adata}
         transform_batch
             ``None`` decodes each cell with its own batch; a batch name or index decodes every
             cell as if measured in that batch; a list averages over those batches.
@@ -223,10 +219,7 @@ class ModelOutputs:
         Parameters
         ----------
         adata
-            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
-            the model's own batch key and layer are used). Its genes are matched to the
-            model's by name and its batches must be known to the model. ``None`` uses the
-            AnnData the model was created or loaded with.
+            {param_adata}
         transform_batch
             ``None`` decodes each cell with its own batch; a batch name or index decodes every
             cell as if measured in that batch (batch correction); a list averages over those
@@ -343,10 +336,7 @@ class ModelOutputs:
         Parameters
         ----------
         adata
-            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
-            the model's own batch key and layer are used). Its genes are matched to the
-            model's by name and its batches must be known to the model. ``None`` uses the
-            AnnData the model was created or loaded with.
+            {param_adata}
         soft
             Return the probabilities ``q(c | z0)`` instead of the most probable label.
         max_clusters
@@ -397,10 +387,10 @@ class ModelOutputs:
         - **probability**: a cell is ``unknown`` when its top probability is below
           ``confidence_threshold``, in batches whose codes sit within
           :data:`~scarkids.model.uncertainty.ALIGNED_SHIFT` of the reference's (where the
-          temperature fitted on the reference holds). On a query far off the reference
-          (kang stim through a reference that does not encode the batch: 9% of cells below
-          0.5, 41% of them right) the rule would mostly hide right answers, so it is off
-          there and the log says so.
+          temperature fitted on the reference holds). On a query far off the reference (a
+          stimulated batch through a reference that does not encode the batch) the
+          temperature no longer holds and the rule would mostly hide right answers, so it
+          is off there and the log says so (docs/benchmarks/uncertainty.md).
 
         ``top_label`` is the prediction whatever the call; the log counts the ``unknown``
         cells by rule and warns about each batch that is mostly ``unknown``
@@ -410,10 +400,7 @@ class ModelOutputs:
         Parameters
         ----------
         adata
-            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
-            the model's own batch key and layer are used). Its genes are matched to the
-            model's by name and its batches must be known to the model. ``None`` uses the
-            AnnData the model was created or loaded with.
+            {param_adata}
         confidence_threshold
             Smallest top probability of a cell that is not ``unknown`` (in the batches
             where the rule applies, see above); ``None`` leaves the probability out.
@@ -505,10 +492,7 @@ class ModelOutputs:
         Parameters
         ----------
         adata
-            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
-            the model's own batch key and layer are used). Its genes are matched to the
-            model's by name and its batches must be known to the model. ``None`` uses the
-            AnnData the model was created or loaded with.
+            {param_adata}
         n_steps
             Diffusion step the codes are noised to, from 1 to the model's number of
             diffusion steps (otherwise :class:`~scarkids.errors.InputDataError`); more steps
@@ -542,15 +526,16 @@ class ModelOutputs:
         if self.module.prior_type != "diffusion":
             raise InputDataError(
                 f"refinement needs the diffusion prior; this model's prior is "
-                f"{self.module.prior_type!r} (turn inference.use_ddpm_refinement off)"
+                f"{self.module.prior_type!r} (SCARKIDS(prior=...)): use its latent without "
+                "refine_latent"
             )
         if not 1 <= n_steps <= self.module.prior.n_steps:
             raise InputDataError(
-                f"n_refinement_steps must be between 1 and n_diffusion_steps ({self.module.prior.n_steps}), got {n_steps}"
+                f"n_steps must be between 1 and the model's n_diffusion_steps ({self.module.prior.n_steps}), got {n_steps}"
             )
         if n_sampling_steps is not None and not 1 <= n_sampling_steps <= n_steps:
             raise InputDataError(
-                f"n_refinement_sampling_steps must be between 1 and n_refinement_steps ({n_steps}), got {n_sampling_steps}"
+                f"n_sampling_steps must be between 1 and n_steps ({n_steps}), got {n_sampling_steps}"
             )
         z = (
             self.get_latent_representation(adata, batch_size=batch_size)

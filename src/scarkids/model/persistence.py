@@ -10,6 +10,7 @@ import os
 import torch
 
 from scarkids import __version__
+from scarkids._docs import doc_params
 from scarkids.compute.device import resolve_device
 from scarkids.data.registry import Registry
 from scarkids.model import checkpoint
@@ -17,6 +18,7 @@ from scarkids.module.vae import SCARKIDSModule
 from scarkids.train.state import TrainingState
 
 
+@doc_params
 class ModelPersistence:
     """``save`` / ``load`` and the payload behind them (see :class:`SCARKIDS`)."""
 
@@ -124,8 +126,8 @@ class ModelPersistence:
             AnnData the methods use when called without one; ``None`` sets none. It is not
             checked here.
         device
-            Device the model is put on: ``"auto"`` (a CUDA GPU when there is one), ``"cpu"``,
-            ``"cuda"``, ``"cuda:1"`` or a :class:`torch.device`.
+            Device the model is put on:
+            {param_device}
 
         Returns
         -------
@@ -154,8 +156,8 @@ class ModelPersistence:
         adata
             AnnData the methods use when called without one; ``None`` sets none.
         device
-            Device the model is put on: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a
-            :class:`torch.device`.
+            Device the model is put on:
+            {param_device}
 
         Returns
         -------

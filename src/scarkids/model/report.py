@@ -1,8 +1,9 @@
 """``model.report(path)``: the run report of a model, as the command line writes it.
 
 A mixin of :class:`scarkids.model.SCARKIDS`; the page is laid out by
-:mod:`scarkids.pl.report` (the plots sit on the model's floor: they read a model's history
-and outputs and import nothing of it).
+:mod:`scarkids.pl.report` (``pl`` sits beside the model, not under it: the plots read a
+model's history and outputs and import nothing of it, so the model may import them;
+docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from scarkids._docs import doc_params
 from scarkids.constants import LABEL_OFFSET
 from scarkids.data.store import DeviceMatrix
 from scarkids.errors import InputDataError
@@ -47,9 +48,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     The prior (``0.5 (log T)^2`` added to the summed NLL, i.e. worth one cell) does not move
     ``T`` where the validation cells say something, but where every validation cell is
     classified right with a wide margin the NLL falls towards 0 for ever smaller ``T``: the
-    plain fit then sharpens the probabilities to exactly 1 on no evidence (cellbench:
-    ``T = 0.12``, every probability 1.0 in float32, so that 1 - max probability ranks
-    nothing), and the prior keeps ``T`` near 1 instead.
+    plain fit then sharpens the probabilities to exactly 1 on no evidence (every probability
+    rounds to 1.0 in float32, so that 1 - max probability ranks nothing;
+    docs/benchmarks/uncertainty.md), and the prior keeps ``T`` near 1 instead.
 
     Parameters
     ----------
@@ -88,6 +89,7 @@ def check_quantile(value, where: str = "novelty_quantile") -> float | None:
     return float(value)
 
 
+@doc_params
 class ModelUncertainty:
     """Temperature scaling and the prior's novelty score (see :class:`SCARKIDS`)."""
 
@@ -102,8 +104,8 @@ class ModelUncertainty:
         bound's weights when the model samples them so), each with a noise vector and its
         negative (antithetic pairs). Common draws make the estimate's noise nearly the same
         for all cells, so that it barely reorders them; the antithetic pairs cancel most of
-        what remains (on simulated data: noise sd / spread over cells 0.32 -> 0.08 at 32
-        draws)."""
+        what remains (``benchmarks/novelty_noise.py`` measures the noise against the spread
+        over cells; docs/benchmarks/uncertainty.md)."""
         prior = self.module.prior
         gen = torch.Generator().manual_seed(seed)
         n_steps = max(1, (n_draws + 1) // 2)
@@ -165,9 +167,7 @@ class ModelUncertainty:
         Parameters
         ----------
         adata
-            AnnData of raw counts, set up with :meth:`setup_anndata` (without a setup record
-            the model's own batch key and layer are used). ``None`` uses the AnnData the model
-            was created or loaded with.
+            {param_adata}
         latent
             ``(n_cells, n_latent)`` codes from :meth:`get_latent_representation`; ``adata``
             is then not read.
@@ -207,9 +207,10 @@ class ModelUncertainty:
         percentile of novelty against the reference cells', in units of the reference's
         lower half-spread. The lower tail is that of the batch's known cells even when it
         holds new cell types (they score high, or mix in): a query that maps well onto the
-        reference scores near 0 (kang stim with ``encode_batch=True`` and a query session:
-        0.1-0.4), one whose every cell carries its batch effect far more (kang stim through
-        a reference that does not encode the batch: 2.3).
+        reference scores near 0 (a reference built with ``encode_batch=True`` and a query
+        session), one whose every cell carries its batch effect (through a reference that
+        does not encode the batch) well above :data:`ALIGNED_SHIFT`
+        (docs/benchmarks/uncertainty.md).
 
         Parameters
         ----------
@@ -245,8 +246,8 @@ class ModelUncertainty:
         the shift of the batch's 10th percentile (in nats; never lowered). A batch beyond it
         (every cell carries its batch effect, as a query through a reference that does not
         encode the batch) has no threshold: the reference's does not describe its known
-        cells (on simulated data their flagged share then ranged 0-25% by seed, whatever
-        the shift or rescaling tried), so the call stays off there.
+        cells (on simulated data their flagged share then swung widely with the seed,
+        whatever the shift or rescaling tried), so the call stays off there.
 
         Parameters
         ----------
@@ -369,8 +370,8 @@ class ModelUncertainty:
         each batch's 10th percentile of novelty (every session: a frozen query session adds
         its batches'), from up to :data:`MAX_REFERENCE_CELLS` of the session's cells, training
         and validation alike: the validation cells alone are too few for a 99th
-        percentile on small data (cellbench: 57 cells, whose 99th percentile was 3.3 nats
-        below that of all 1,021 reference cells)."""
+        percentile on small data, where theirs sits well below that of all the reference
+        cells (docs/benchmarks/uncertainty.md)."""
         n = data.batch.shape[0]
         rng = np.random.default_rng(seed)
         keep = np.arange(n)

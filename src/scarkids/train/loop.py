@@ -326,7 +326,7 @@ def _train(module, data, settings, state, trainable, grad_masks, on_epoch_end) -
                 bar.close()
                 raise TrainingError(
                     f"{settings.name}: the loss became NaN/inf at epoch {state.epoch + 1}; "
-                    "lower training.learning_rate or check the input counts"
+                    "lower learning_rate= of SCARKIDS.train or check the input counts"
                 )
             retries -= 1
             run.restart_from_best()
@@ -475,8 +475,8 @@ def _select(module, state: TrainingState, settings: TrainingSettings, metrics: d
     """Record the epoch; keep its weights when it is the selected one (returned).
 
     With early stopping the selected model is the best validation epoch; without it, the
-    last one: integration keeps improving after the validation ELBO has turned (on panc8,
-    400 epochs: scIB total 0.844 vs 0.706 for the best-ELBO epoch)."""
+    last one: integration, as ``benchmarks/integration.py`` scores it, keeps improving after
+    the validation ELBO has turned (docs/benchmarks/integration.md scores the last epoch)."""
     monitored = metrics["val_loss"] if "val_loss" in metrics else metrics["train_loss"]
     for k, v in metrics.items():
         state.history.setdefault(k, []).append(v)

@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from scarkids._docs import doc_params
 from scarkids.compute import distributed
 from scarkids.compute.device import resolve_device
 from scarkids.compute.memory import releasing_memory
@@ -31,10 +32,10 @@ from scarkids.errors import InputDataError
 from scarkids.labels import space
 from scarkids.model.de import ModelDifferentialExpression
 from scarkids.model.generation import ModelGeneration, library_fit
+from scarkids.model.mapping import ReferenceMapping
 from scarkids.model.outputs import ModelOutputs
 from scarkids.model.persistence import ModelPersistence
 from scarkids.model.report import ModelReport
-from scarkids.model.surgery import ReferenceMapping
 from scarkids.model.uncertainty import ModelUncertainty
 from scarkids.module.vae import SCARKIDSModule
 from scarkids.train.loop import (
@@ -110,6 +111,7 @@ def _check_train_arguments(lr_scheduler, freeze, batch_size) -> None:
 _TRAIN = TrainingSettings()
 
 
+@doc_params
 class SCARKIDS(
     ModelOutputs,
     ModelUncertainty,
@@ -136,8 +138,9 @@ class SCARKIDS(
         into at most ``n_labels`` clusters, the pair the classifier confuses most first
         (:func:`scarkids.labels.clustering.merge_clusters`), and :meth:`predict` names those
         clusters. Fitting twice as many components as types and merging recovers the types
-        better than fitting as many (``benchmarks/clustering.py``: kang 0.72 -> 0.84,
-        panc8 0.77 -> 0.85 Hungarian accuracy); 1: every component is a cluster.
+        better than fitting as many: a large type's halves take two components that the
+        merge joins, instead of two small types sharing one (``benchmarks/clustering.py``;
+        docs/benchmarks/clustering.md); 1: every component is a cluster.
     seed
         Seed of the initial weights (training has its own ``seed``).
     **module_kwargs
@@ -477,9 +480,8 @@ class SCARKIDS(
             Seed of torch's random number generator (not reseeded with ``resume_state``), of
             the validation split and of the clusterings.
         device
-            ``"auto"`` (a CUDA GPU when there is one, else the CPU), ``"cpu"``, ``"cuda"``,
-            ``"cuda:1"`` or a :class:`torch.device`; under ``torchrun``, this process's device.
-            The model stays on it after training.
+            {param_device}
+            Under ``torchrun``, this process's device. The model stays on it after training.
         progress_bar
             Show a progress bar of the epochs (on rank 0 only).
         name

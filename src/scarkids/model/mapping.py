@@ -12,11 +12,13 @@ import os
 
 import torch
 
+from scarkids._docs import doc_params
 from scarkids.labels import space
 
 logger = logging.getLogger("scarkids.model")
 
 
+@doc_params
 class ReferenceMapping:
     """Growing a trained model for new batches / cell types, and what a session may train."""
 
@@ -81,8 +83,9 @@ class ReferenceMapping:
         Build references for mapping with ``SCARKIDS(adata, encode_batch=True)`` (as
         scArches advises for scVI): the query session then also learns its batches' offsets
         in the encoder, so that the query's known cell types land on the reference's and the
-        prior's novelty flags the types the reference lacks (``benchmarks/uncertainty.py``:
-        on kang ctrl -> stim with B cells left out, known cells flagged 53% -> 7%).
+        prior's novelty flags the types the reference lacks; without it, known query cells
+        look as novel as the left-out types (``benchmarks/uncertainty.py``;
+        docs/benchmarks/uncertainty.md).
 
         Parameters
         ----------
@@ -92,8 +95,8 @@ class ReferenceMapping:
         reference
             A trained model, or the path of its checkpoint (see :meth:`save`).
         device
-            Device of the copy: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a
-            :class:`torch.device`.
+            Device of the copy:
+            {param_device}
 
         Returns
         -------
