@@ -29,8 +29,19 @@ unsupervised query session), the AUROC of flagging the left-out type's query cel
   of the reference cells (assigned to the nearest centroid); and the larger of this score's
   and the prior novelty's rank among the query cells; and the query's share of each query
   cell's k nearest codes among the query's and the reference's together (k = 15, 150);
+- transductive within the predicted type (free of the shift in type composition between
+  query and reference that the global cluster ratio suffers on cellbench):
+  ``within_type_ratio`` (k-means of the query cells predicted as a type, k = 2, 3, 5; each
+  cluster's share of them over its share of that type's reference codes; once more with
+  draws of ``p(z0 | type)`` standing in for the reference's codes) and
+  ``within_type_share`` (query over reference odds among the pooled 30 nearest codes);
+- the distance to the nearest reference code, and the 15-NN distance averaged over each
+  cell's 15 nearest query codes; the sum of its rank and the rank of the reconstruction's
+  per-type quantile averaged the same way (latent and decoder together);
 - where the left-out type lands (``lands on``): the reference type that most of its cells'
   15 nearest reference codes have, with the share of its cells for which it is so;
+- how far its query centroid sits from the centroid of the reference type it lands on,
+  beside that type's own query cells' centroid and the reference type's rms radius;
 - the separability of the left-out type in the query codes, a reference point for any score
   computed from them: 5-fold cross-validated AUROC of a 15-NN classifier trained on the
   query codes *with* the true new / known labels.
@@ -285,9 +296,24 @@ def scores_of_split(
         z, pred, z_prior, prior_type, n_clusters=3, seed=seed
     )
 
+    # the nearest reference code, and the 15-NN distance averaged over the cell's 15 nearest
+    # query codes (a query cluster's distance from the reference, without a clustering)
+    out["distance to the nearest reference code"] = (
+        NearestNeighbors(n_neighbors=1).fit(zr).kneighbors(z)[0][:, 0]
+    )
+    near_query = NearestNeighbors(n_neighbors=15).fit(z).kneighbors(z)[1]
+    out["kNN distance, smoothed over the 15 nearest query codes"] = out["kNN distance"][
+        near_query
+    ].mean(1)
+
     def rank(v):
         return pd.Series(v).rank(pct=True).to_numpy()
 
+    # the latent's best score and the decoder's, each smoothed over the 15 nearest query codes
+    smooth_rec = out["reconstruction (per-type quantile)"][near_query].mean(1)
+    out["mean rank: smoothed kNN distance, smoothed reconstruction (per-type quantile)"] = rank(
+        out["kNN distance, smoothed over the 15 nearest query codes"]
+    ) + rank(smooth_rec)
     out["max rank: prior novelty, cluster density ratio"] = np.maximum(
         rank(out["prior novelty"]), rank(out["density ratio of query clusters"])
     )
@@ -299,6 +325,18 @@ def scores_of_split(
     majority = pd.DataFrame(ref_types).mode(axis=1)[0]
     top = majority.value_counts()
     auroc["lands on"] = f"{top.index[0]} ({top.iloc[0] / len(majority):.0%})"
+    # where the left-out type's codes sit: its query centroid's distance to the centroid of
+    # the reference type it lands on, beside that type's own query cells' (and the reference
+    # type's rms radius around its centroid)
+    home = top.index[0]
+    centre = zr[ref.obs["cell_type"].astype(str).to_numpy() == home]
+    radius = np.sqrt(((centre - centre.mean(0)) ** 2).sum(1).mean())
+    q_type = query.obs["cell_type"].astype(str).to_numpy()
+    d_new = np.linalg.norm(z[is_new].mean(0) - centre.mean(0))
+    d_own = np.linalg.norm(z[q_type == home].mean(0) - centre.mean(0))
+    auroc["centroid distance to where it lands: left-out / that type's query cells / radius"] = (
+        f"{d_new:.2f} / {d_own:.2f} / {radius:.2f}"
+    )
     oracle = cross_val_predict(KNeighborsClassifier(15), z, is_new, cv=5, method="predict_proba")[
         :, 1
     ]
