@@ -37,7 +37,9 @@ unsupervised query session), the AUROC of flagging the left-out type's query cel
   ``within_type_share`` (query over reference odds among the pooled 30 nearest codes);
 - the distance to the nearest reference code, and the 15-NN distance averaged over each
   cell's 15 nearest query codes; the sum of its rank and the rank of the reconstruction's
-  per-type quantile averaged the same way (latent and decoder together);
+  per-type quantile averaged the same way (latent and decoder together); the decoder's
+  Pearson residuals per gene averaged over the 15 nearest query codes, the mean of their 20
+  largest absolute values (a new type's markers that the reference cannot decode);
 - where the left-out type lands (``lands on``): the reference type that most of its cells'
   15 nearest reference codes have, with the share of its cells for which it is so;
 - how far its query centroid sits from the centroid of the reference type it lands on,
@@ -91,6 +93,24 @@ def decoder_scores(model, adata, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
             per_count.append((nll / x.sum(-1).clamp_min(1)).numpy())
             fit.append(((nll - sims.mean(0)) / sims.std(0).clamp_min(1e-6)).numpy())
     return np.concatenate(per_count), np.concatenate(fit)
+
+
+def pearson_residuals(model, adata) -> np.ndarray:
+    """``(n, G)`` Pearson residuals of the counts under the decoded ZINB at the encoder mean
+    (own batch and depth): ``(x - E[x]) / sd[x]``."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for _, x, b in model._chunks(adata, 1024):
+            inf = model.module.inference(x, b, sample=False)
+            g = model.module.generative(inf["z"], b, inf["log_library"])
+            mu, theta = g["log_mu"].exp(), g["log_theta"].exp()
+            pi = torch.sigmoid(g["dropout_logits"])
+            mean = (1 - pi) * mu
+            var = mean + (1 - pi) * mu**2 / theta + pi * (1 - pi) * mu**2
+            out.append(((x - mean) / var.clamp_min(1e-8).sqrt()).numpy())
+    return np.concatenate(out)
 
 
 def label_nll(model, z: np.ndarray, n_draws: int = 32) -> tuple[np.ndarray, list[str]]:
@@ -305,6 +325,14 @@ def scores_of_split(
     out["kNN distance, smoothed over the 15 nearest query codes"] = out["kNN distance"][
         near_query
     ].mean(1)
+
+    # the decoder's gene-level misfit where a whole neighbourhood shares it: each cell's
+    # Pearson residuals averaged over its 15 nearest query codes, the mean of the 20 largest
+    # in absolute value (a new type's own markers, which the reference cannot decode)
+    resid = pearson_residuals(mapped, q)[near_query].mean(1)
+    out["decoder residuals, 20 largest genes, smoothed over the 15 nearest query codes"] = -np.sort(
+        -np.abs(resid), axis=1
+    )[:, :20].mean(1)
 
     def rank(v):
         return pd.Series(v).rank(pct=True).to_numpy()
