@@ -15,6 +15,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import yaml
 
 from scarkids import cli
@@ -266,6 +267,23 @@ def test_inference_refinement_and_target_batch_by_name(model_dir, capsys, monkey
     np.testing.assert_allclose(refined, np.load(model_dir / "refined" / "latent_embeddings.npy"))
     assert not np.allclose(refined, corrected.obsm["X_scarkids"])
     assert corrected.uns["scarkids"]["target_batch"] == "batch_1"
+
+
+def test_inference_writes_rescaled_counts_when_the_config_asks(model_dir, capsys, monkeypatch):
+    """inference.corrected_expression_source: counts: the file holds each cell's counts with
+    the decoded batch effect divided out: the cell's zeros, rows at the library size."""
+    monkeypatch.chdir(model_dir)
+    write_config(model_dir / "counts.yaml", inference={"corrected_expression_source": "counts"})
+    rc, _, err = run(["infer", "--config", "counts.yaml", "--output_dir", "counts"], capsys)
+    assert rc == 0, err
+    test = ad.read_h5ad(model_dir / "data" / "test.h5ad")
+    corrected = check_outputs(model_dir / "counts", test)
+    assert corrected.uns["scarkids"]["source"] == "counts"
+    X = corrected.X.toarray() if sp.issparse(corrected.X) else np.asarray(corrected.X)
+    genes = test[:, corrected.var_names].X  # the model's genes
+    counts = genes.toarray() if sp.issparse(genes) else np.asarray(genes)
+    np.testing.assert_array_equal(X > 0, counts > 0)
+    np.testing.assert_allclose(X.sum(1), 1e4, rtol=1e-4)
 
 
 def test_inference_strided_refinement(model_dir, capsys, monkeypatch):

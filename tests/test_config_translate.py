@@ -233,6 +233,7 @@ def test_the_default_config_gives_what_the_command_line_passed_before():
         "transform_batch": 0,
         "library_size": 1e4,
         "batch_size": 1024,
+        "source": "decoded",
     }
 
 

@@ -230,6 +230,7 @@ def _write_outputs(cfg, run: _Run, outputs: dict, timer: _Timer) -> list[Path]:
             "target_batch": run.target,
             "target_batch_index": run.target_index,
             "library_size": expression["library_size"],
+            "source": expression["source"],
             "refined": refined is not None,
             "checkpoint": str(run.checkpoint),
             "version": versions()["scarkids"],

@@ -277,6 +277,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "batch_size": Key("int", 4096, ge=1),
         "save_latent_embeddings": Key("bool", True),
         "save_corrected_expression": Key("bool", True),
+        "corrected_expression_source": Key(
+            "enum",
+            "decoded",
+            choices=("decoded", "counts"),
+            help="corrected_expression.h5ad: 'decoded' (the decoder's expression) or 'counts' "
+            "(each cell's counts with the decoded batch effect divided out: keeps its zeros "
+            "and marker genes)",
+        ),
         "save_cell_type_predictions": Key("bool", True),
         "output_dir": Key("str", "./results"),
         "device": Key("enum", "auto", choices=("auto", "cpu", "cuda", "mps")),

@@ -397,13 +397,15 @@ def expression_kwargs(cfg: Config) -> dict[str, Any]:
     -------
     dict
         ``transform_batch`` (``inference.default_target_batch``, an index or a name),
-        ``library_size`` and ``batch_size`` (``inference.batch_size``, at most 1024).
+        ``library_size``, ``batch_size`` (``inference.batch_size``, at most 1024) and
+        ``source`` (``inference.corrected_expression_source``).
     """
     inf = cfg["inference"]
     return {
         "transform_batch": inf["default_target_batch"],
         "library_size": inf["library_size"],
         "batch_size": min(inf["batch_size"], 1024),
+        "source": inf["corrected_expression_source"],
     }
 
 
