@@ -24,6 +24,9 @@ log-CP10k:
   the 500 genes of highest mean uncorrected expression, whose fold changes are not noise.
 - **marker recovery**: the share of each type's top-50 Wilcoxon markers of the uncorrected
   data that are also top-50 in the corrected data; mean over types.
+- **why markers move**: the within-type share of the latent's variance; per gene, the
+  within-type sd over the total sd of the matrix (median); the median detection rate and
+  uncorrected fold change of the markers the matrix adds and of those it misses.
 - **kang, interferon genes**: stim minus ctrl mean log expression of ISG15, IFI6 and IFIT1
   within each type, before and after (the stimulation *is* kang's batch, so decoding both
   conditions as ctrl removes the response by design).
@@ -137,8 +140,9 @@ def isg_response(X: np.ndarray, genes, types, batches) -> dict[str, float]:
 
 
 def corrected(method: str, adata, target: str, seed: int) -> dict[str, tuple]:
-    """Per variant of ``method``: ``log1p`` of the expression decoded as batch ``target``, and
-    of the same model's decode with each cell's own batch (10^4 counts per cell). scARKIDS
+    """Per variant of ``method``: ``log1p`` of the expression decoded as batch ``target``, of
+    the same model's decode with each cell's own batch (10^4 counts per cell), and the
+    within-type share of the latent's variance. scARKIDS
     adds the variant ``"<method>, counts"``: its ``source="counts"`` expression (each cell's
     counts with the decoded batch effect divided out) from the same model."""
     out = {}
@@ -150,6 +154,7 @@ def corrected(method: str, adata, target: str, seed: int) -> dict[str, tuple]:
             )
             for batch in (target, None)
         ]
+        z = model.get_latent_representation()
     else:
         labels = "cell_type_masked" if method == "scARKIDS-sup" else None
         k = adata.obs["cell_type"].nunique()
@@ -161,8 +166,10 @@ def corrected(method: str, adata, target: str, seed: int) -> dict[str, tuple]:
                 )
                 for batch in (target, None)
             ]
+        z = model.get_latent_representation(a)
+    share = latent_within_share(z, adata.obs["cell_type"].astype(str).to_numpy())
     return {
-        name: tuple(np.log1p(np.asarray(e, dtype=np.float64)) for e in pair)
+        name: (*(np.log1p(np.asarray(e, dtype=np.float64)) for e in pair), share)
         for name, pair in out.items()
     }
 
@@ -178,6 +185,38 @@ def summary(X: np.ndarray, adata, name: str, *, full: bool = True) -> dict:
         out["markers"] = markers(X, types, adata.var_names)
         out["isg"] = isg_response(X, adata.var_names, types, batches) if name == "kang" else {}
         out["top"] = np.argsort(-X.mean(0))[:N_EXPRESSED]  # genes whose fold changes are not noise
+        out["detection"] = (X > 0).mean(0)
+        out["genes"] = {g: i for i, g in enumerate(adata.var_names)}
+        within = np.median([X[types == t].std(0) for t in np.unique(types)], axis=0)
+        out["within sd share"] = float(np.median(within / np.maximum(X.std(0), 1e-12)))
+    return out
+
+
+def latent_within_share(z: np.ndarray, types: np.ndarray) -> float:
+    """The within-type share of the latent's variance (mean over types of the summed
+    per-dimension variance, over the total)."""
+    return float(np.mean([z[types == t].var(0).sum() for t in np.unique(types)]) / z.var(0).sum())
+
+
+def marker_traits(before: dict, after: dict) -> dict:
+    """Median detection rate and uncorrected fold change (log1p scale) of the markers the
+    corrected matrix adds (top 50 there, not in the uncorrected data) and of those it misses."""
+    added, missed = [], []
+    for t, true in before["markers"].items():
+        fold = before["fold"][t]
+        for genes, into in (
+            (after["markers"][t] - true, added),
+            (true - after["markers"][t], missed),
+        ):
+            into += [
+                (before["detection"][before["genes"][g]], fold[before["genes"][g]]) for g in genes
+            ]
+    out = {}
+    for name, pairs in (("added", added), ("missed", missed)):
+        if pairs:
+            det, fold = np.median(np.asarray(pairs), axis=0)
+            out[f"{name} markers: detection"] = float(det)
+            out[f"{name} markers: uncorrected fold change"] = float(fold)
     return out
 
 
@@ -201,6 +240,9 @@ def scores(before: dict, after: dict, own: dict) -> dict:
     )
     mb, ma = before["markers"], after["markers"]
     row["marker recovery"] = float(np.mean([len(mb[t] & ma[t]) / N_MARKERS for t in mb]))
+    row["within-type sd share"] = after["within sd share"]
+    row["within-type sd share uncorrected"] = before["within sd share"]
+    row.update(marker_traits(before, after))
     for g, v in before["isg"].items():
         row[f"{g} stim-ctrl uncorrected"] = v
     for g, v in after["isg"].items():
@@ -248,6 +290,29 @@ def write_tables() -> Path:
         lines.append(
             f"| {ds} | {method} | {len(g)} | " + " | ".join(cell(g[c]) for c in cols) + " |"
         )
+    why = [
+        "latent within-type variance share",
+        "within-type sd share uncorrected",
+        "within-type sd share",
+        "added markers: detection",
+        "added markers: uncorrected fold change",
+        "missed markers: detection",
+        "missed markers: uncorrected fold change",
+    ]
+    if all(c in df for c in why):
+        known = df.dropna(subset=why)
+        lines += [
+            "",
+            "Why markers move: the within-type share of the latent's variance; per gene, the "
+            "within-type sd over the total sd (median over genes; log1p scale); and the median "
+            "detection rate and uncorrected log1p fold change of the top-50 markers the matrix "
+            "adds (not top-50 in the uncorrected data) and of those it misses.",
+            "",
+            "| dataset | method | " + " | ".join(why) + " |",
+            "|" + "---|" * (2 + len(why)),
+        ]
+        for (ds, method), g in known.groupby(["dataset", "method"], sort=True):
+            lines.append(f"| {ds} | {method} | " + " | ".join(cell(g[c]) for c in why) + " |")
     if isg:
         lines += [
             "",
@@ -278,9 +343,10 @@ def main(argv=None) -> int:
                 t = time.perf_counter()
                 variants = corrected(method, adata, target, args.seed)
                 train_s = time.perf_counter() - t
-                for variant, (after, own) in variants.items():
+                for variant, (after, own, share) in variants.items():
                     row = {"dataset": name, "method": variant, "seed": args.seed}
                     row.update(target=target, train_s=train_s)
+                    row["latent within-type variance share"] = share
                     own = summary(own, adata, name, full=False)
                     row.update(scores(before, summary(after, adata, name), own))
                     row.update(provenance(args.threads))
