@@ -113,3 +113,19 @@ def test_unreadable_backed_rows_are_a_clear_error():
     counts = BackedCounts(FakeBacked(), where="atlas.h5ad")
     with pytest.raises(InputDataError, match=r"atlas.h5ad: .*anndata>=0.12.7 or scipy<1.17"):
         counts[0:5]
+
+
+def test_counts_source_expression_reads_backed_counts_like_in_memory_ones(h5ad_file):
+    """``get_normalized_expression(source="counts")`` reads each chunk of a backed file's
+    counts: the same matrix as from the counts in memory, with the same model."""
+    backed = ad.read_h5ad(h5ad_file, backed="r")
+    memory = backed.to_memory()
+    SCARKIDS.setup_anndata(memory, batch_key="batch", labels_key="cell_type")
+    model = SCARKIDS(memory, n_latent=4, seed=0).train(2, progress_bar=False)
+    SCARKIDS.setup_anndata(backed, batch_key="batch", labels_key="cell_type")
+    kw = dict(transform_batch=1, source="counts", return_numpy=True, batch_size=333)
+    from_disk = model.get_normalized_expression(backed, **kw)
+    in_memory = model.get_normalized_expression(memory, **kw)
+    np.testing.assert_allclose(from_disk, in_memory, rtol=1e-5, atol=1e-4)
+    counts = memory.X.toarray() if sp.issparse(memory.X) else np.asarray(memory.X)
+    np.testing.assert_array_equal(from_disk > 0, counts > 0)
