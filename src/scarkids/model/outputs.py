@@ -191,13 +191,13 @@ class ModelOutputs:
         ``library_size`` (a cell without counts stays zero)."""
         self.module.eval()
         adata_ = self.adata if adata is None else adata
-        if latent is None:
+        if latent is None and targets is not None:  # the own batch needs no codes
             latent = self.get_latent_representation(adata_)
         decoder = self.module.decoder
         for sl, x, b in self._chunks(adata_, batch_size):
-            z = torch.as_tensor(latent[sl], device=self.device)
             expr = x / x.sum(1, keepdim=True).clamp_min(1.0)
             if targets is not None:
+                z = torch.as_tensor(latent[sl], device=self.device)
                 own = decoder.normalized_expression(z, b)
                 shift = sum(decoder.normalized_expression(z, b, batch=t) for t in targets)
                 expr = expr * shift / (len(targets) * own.clamp_min(1e-30))
