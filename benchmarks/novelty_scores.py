@@ -70,6 +70,17 @@ KEY = ("dataset", "split", "classification_weight", "seed")
 N_FIT_DRAWS = 4
 
 
+def decoded_chunks(model, adata):
+    """``(counts, decoder outputs)`` per chunk of 1024 cells: the decoded ZINB at the encoder
+    mean, with each cell's own batch and depth (no gradients)."""
+    import torch
+
+    with torch.no_grad():
+        for _, x, b in model._chunks(adata, 1024):
+            inf = model.module.inference(x, b, sample=False)
+            yield x, model.module.generative(inf["z"], b, inf["log_library"])
+
+
 def decoder_scores(model, adata, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per cell: reconstruction NLL per count, and its goodness-of-fit z-score."""
     import torch
@@ -78,20 +89,17 @@ def decoder_scores(model, adata, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
 
     rng = np.random.default_rng(seed)
     per_count, fit = [], []
-    with torch.no_grad():
-        for _, x, b in model._chunks(adata, 1024):
-            inf = model.module.inference(x, b, sample=False)
-            g = model.module.generative(inf["z"], b, inf["log_library"])
-            args = (g["log_mu"], g["log_theta"], g["dropout_logits"])
-            nll = -count_log_prob_sum(x, *args)
-            sims = torch.stack(
-                [
-                    -count_log_prob_sum(torch.as_tensor(sample_counts(*args, rng)), *args)
-                    for _ in range(N_FIT_DRAWS)
-                ]
-            )
-            per_count.append((nll / x.sum(-1).clamp_min(1)).numpy())
-            fit.append(((nll - sims.mean(0)) / sims.std(0).clamp_min(1e-6)).numpy())
+    for x, g in decoded_chunks(model, adata):
+        args = (g["log_mu"], g["log_theta"], g["dropout_logits"])
+        nll = -count_log_prob_sum(x, *args)
+        sims = torch.stack(
+            [
+                -count_log_prob_sum(torch.as_tensor(sample_counts(*args, rng)), *args)
+                for _ in range(N_FIT_DRAWS)
+            ]
+        )
+        per_count.append((nll / x.sum(-1).clamp_min(1)).numpy())
+        fit.append(((nll - sims.mean(0)) / sims.std(0).clamp_min(1e-6)).numpy())
     return np.concatenate(per_count), np.concatenate(fit)
 
 
@@ -101,15 +109,12 @@ def pearson_residuals(model, adata) -> np.ndarray:
     import torch
 
     out = []
-    with torch.no_grad():
-        for _, x, b in model._chunks(adata, 1024):
-            inf = model.module.inference(x, b, sample=False)
-            g = model.module.generative(inf["z"], b, inf["log_library"])
-            mu, theta = g["log_mu"].exp(), g["log_theta"].exp()
-            pi = torch.sigmoid(g["dropout_logits"])
-            mean = (1 - pi) * mu
-            var = mean + (1 - pi) * mu**2 / theta + pi * (1 - pi) * mu**2
-            out.append(((x - mean) / var.clamp_min(1e-8).sqrt()).numpy())
+    for x, g in decoded_chunks(model, adata):
+        mu, theta = g["log_mu"].exp(), g["log_theta"].exp()
+        pi = torch.sigmoid(g["dropout_logits"])
+        mean = (1 - pi) * mu
+        var = mean + (1 - pi) * mu**2 / theta + pi * (1 - pi) * mu**2
+        out.append(((x - mean) / var.clamp_min(1e-8).sqrt()).numpy())
     return np.concatenate(out)
 
 
@@ -357,7 +362,7 @@ def scores_of_split(
     # the reference type it lands on, beside that type's own query cells' (and the reference
     # type's rms radius around its centroid)
     home = top.index[0]
-    centre = zr[ref.obs["cell_type"].astype(str).to_numpy() == home]
+    centre = zr[all_type == home]
     radius = np.sqrt(((centre - centre.mean(0)) ** 2).sum(1).mean())
     q_type = query.obs["cell_type"].astype(str).to_numpy()
     d_new = np.linalg.norm(z[is_new].mean(0) - centre.mean(0))
