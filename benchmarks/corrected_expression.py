@@ -57,6 +57,7 @@ from harness import (
     hide_labels,
     load_dataset,
     log,
+    md_table,
     part_parser,
     provenance,
     read_runs,
@@ -301,8 +302,6 @@ def write_tables() -> Path:
         "10^4 counts per cell, 2000 HVGs; see the script's docstring for each score. Mean "
         "(and sd when there are several) over seeds.",
         "",
-        "| dataset | method | n seeds | " + " | ".join(cols) + " |",
-        "|" + "---|" * (3 + len(cols)),
     ]
 
     def cell(v: pd.Series) -> str:
@@ -311,10 +310,11 @@ def write_tables() -> Path:
             return "-"
         return f"{v.mean():.3f}" + (f" ± {v.std():.3f}" if len(v) > 1 else "")
 
-    for (ds, method), g in df.groupby(["dataset", "method"], sort=True):
-        lines.append(
-            f"| {ds} | {method} | {len(g)} | " + " | ".join(cell(g[c]) for c in cols) + " |"
-        )
+    groups = df.groupby(["dataset", "method"], sort=True)
+    lines += md_table(
+        ["dataset", "method", "n seeds", *cols],
+        [[ds, method, str(len(g)), *(cell(g[c]) for c in cols)] for (ds, method), g in groups],
+    )
     why = [
         "latent within-type variance share",
         "within-type sd share uncorrected",
@@ -333,22 +333,28 @@ def write_tables() -> Path:
             "detection rate and uncorrected log1p fold change of the top-50 markers the matrix "
             "adds (not top-50 in the uncorrected data) and of those it misses.",
             "",
-            "| dataset | method | " + " | ".join(why) + " |",
-            "|" + "---|" * (2 + len(why)),
         ]
-        for (ds, method), g in known.groupby(["dataset", "method"], sort=True):
-            lines.append(f"| {ds} | {method} | " + " | ".join(cell(g[c]) for c in why) + " |")
+        lines += md_table(
+            ["dataset", "method", *why],
+            [
+                [ds, method, *(cell(g[c]) for c in why)]
+                for (ds, method), g in known.groupby(["dataset", "method"], sort=True)
+            ],
+        )
     if isg:
         lines += [
             "",
             "kang: stim minus ctrl mean log expression within each type (mean over types), "
             "before and after decoding both conditions as ctrl.",
             "",
-            "| method | " + " | ".join(isg) + " |",
-            "|" + "---|" * (1 + len(isg)),
         ]
-        for method, g in df[df["dataset"] == "kang"].groupby("method"):
-            lines.append(f"| {method} | " + " | ".join(cell(g[c]) for c in isg) + " |")
+        lines += md_table(
+            ["method", *isg],
+            [
+                [method, *(cell(g[c]) for c in isg)]
+                for method, g in df[df["dataset"] == "kang"].groupby("method")
+            ],
+        )
     return write_table(RESULTS / "corrected_expression.md", lines)
 
 
